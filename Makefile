@@ -1,0 +1,40 @@
+# pgshield: `make demo` and `make test` set everything up themselves.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pgshield-installed
+
+.PHONY: help system setup lint test demo bench clean
+
+help:
+	@echo "make demo   - set up, then a tour of pgshield on an embedded Postgres"
+	@echo "make test   - set up, then every linter and test"
+	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
+
+system:
+	@scripts/ensure-system-packages.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+setup: system $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check python tests bench
+	$(BIN)/squawk --assume-in-transaction migrations/*.sql
+
+# pytest exits 5 when it collected no test: make treats that as the failure it is.
+test: lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/pgshield demo
+
+bench: setup
+	@scripts/ensure-system-packages.sh --bench || echo "redis-server unavailable: Redis rows skipped"
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

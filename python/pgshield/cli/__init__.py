@@ -1,0 +1,135 @@
+"""The ``pgshield`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pgshield import __version__
+from pgshield.cli.context import dsn_option, expected_errors, resolve_dsn
+from pgshield.cli.db import db
+from pgshield.cli.output import emit, emit_json, json_option
+from pgshield.client import connect
+from pgshield.migrations import export as export_migrations
+from pgshield.migrations import migrate as run_migrations
+from pgshield.migrations import status as migration_status
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="pgshield")
+def main() -> None:
+    """pgshield: guard rails that live in Postgres.
+
+    Example: pgshield migrate --dsn postgresql://postgres@localhost:54322/postgres
+    """
+
+
+main.add_command(db)
+
+
+@main.command()
+@dsn_option
+@click.option("--dry-run", is_flag=True, help="Print what would run; change nothing.")
+@json_option
+@expected_errors
+def migrate(dsn: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply the pack's pending migrations, each in its own transaction.
+
+    Example: pgshield migrate --dsn "$DATABASE_URL" --dry-run
+    """
+    dsn = resolve_dsn(dsn, apply_migrations=False)
+    with connect(dsn, timeout=10) as conn:
+        shown = not as_json and not dry_run
+        done = run_migrations(
+            conn,
+            dry_run=dry_run,
+            progress=(lambda m: click.echo(f"applying {m.filename}")) if shown else None,
+        )
+    rows = [{"version": m.version, "name": m.name, "file": m.filename} for m in done]
+    if as_json:
+        emit_json({"dry_run": dry_run, "migrations": rows})
+    elif dry_run:
+        click.echo("\n".join(f"would apply {r['file']}" for r in rows) or "nothing to apply")
+    else:
+        click.echo(f"applied {len(rows)} migration(s)" if rows else "nothing to apply")
+
+
+@main.command()
+@dsn_option
+@json_option
+@expected_errors
+def status(dsn: str | None, as_json: bool) -> None:
+    """List the pack's migrations, applied and pending.
+
+    Example: pgshield status --json
+    """
+    dsn = resolve_dsn(dsn, apply_migrations=False)
+    with connect(dsn, timeout=10) as conn:
+        states = migration_status(conn)
+    rows = [
+        {
+            "version": s.migration.version,
+            "name": s.migration.name,
+            "state": "edited" if s.edited else ("applied" if s.applied else "pending"),
+        }
+        for s in states
+    ]
+    emit(rows, as_json)
+
+
+@main.command()
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The Supabase project's supabase/migrations directory.",
+)
+@json_option
+@expected_errors
+def export(target: Path, as_json: bool) -> None:
+    """Copy the pack's migrations into a Supabase project (then run `supabase db push`).
+
+    Example: pgshield export --to ../my-app/supabase/migrations
+    """
+    result = export_migrations(target)
+    if as_json:
+        emit_json(result)
+        return
+    for name in result.copied:
+        click.echo(f"copied {name}")
+    for name in result.identical:
+        click.echo(f"identical {name}")
+    click.echo(f"{len(result.copied)} copied, {len(result.identical)} already there")
+
+
+@main.command()
+@dsn_option
+@json_option
+@expected_errors
+def doctor(dsn: str | None, as_json: bool) -> None:
+    """Check a database: pack version, pending migrations, pg_cron and pgtap.
+
+    Example: pgshield doctor --dsn "$DATABASE_URL"
+    """
+    from pgshield.doctor import diagnose
+
+    dsn = resolve_dsn(dsn)
+    checks = diagnose(dsn)
+    emit(checks, as_json, ["check", "status", "detail"])
+
+
+@main.command()
+@dsn_option
+@expected_errors
+def demo(dsn: str | None) -> None:
+    """A short tour of every module on a throw-away embedded database.
+
+    Example: pgshield demo
+    """
+    from pgshield.demo import run_demo
+
+    run_demo(dsn, click.echo)

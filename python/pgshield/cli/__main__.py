@@ -1,0 +1,5 @@
+"""``python -m pgshield.cli``."""
+
+from pgshield.cli import main
+
+main()

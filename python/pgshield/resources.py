@@ -1,0 +1,41 @@
+"""Where the pack's SQL lives: inside the wheel (``pgshield/_data``) or in the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The order in which sql/<module>.sql files build a database (the same order as migrations/).
+MODULE_ORDER: tuple[str, ...] = ("core", "rate_limit", "jsonb")
+
+_PACKAGE = Path(__file__).resolve().parent
+_REPO = _PACKAGE.parent.parent
+
+
+def _data_dir(name: str) -> Path:
+    packaged = _PACKAGE / "_data" / name
+    if packaged.is_dir():
+        return packaged
+    in_repo = _REPO / name
+    if in_repo.is_dir():
+        return in_repo
+    raise FileNotFoundError(f"pgshield's {name}/ directory is missing from the installation")
+
+
+def migrations_dir() -> Path:
+    """The directory of the pack's migration files."""
+    return _data_dir("migrations")
+
+
+def sql_dir() -> Path:
+    """The directory of the readable module definitions (``sql/<module>.sql``)."""
+    return _data_dir("sql")
+
+
+def module_files() -> list[Path]:
+    """``sql/<module>.sql`` for every module that exists, in build order."""
+    return [p for p in (sql_dir() / f"{m}.sql" for m in MODULE_ORDER) if p.is_file()]
+
+
+def compat_sql() -> str:
+    """The Supabase compat stub for vanilla Postgres (never for a Supabase project)."""
+    return (sql_dir() / "compat" / "supabase.sql").read_text()

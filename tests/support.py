@@ -1,0 +1,69 @@
+"""Helpers the tests share: acting as a Supabase role, and test database backends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, sql
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The same server, another database."""
+    return conninfo.make_conninfo(dsn, dbname=dbname)
+
+
+class Backend:
+    """A server where the tests create and drop their own databases."""
+
+    def __init__(self, admin_dsn: str):
+        self.admin_dsn = admin_dsn
+
+    def dsn(self, dbname: str) -> str:
+        return with_dbname(self.admin_dsn, dbname)
+
+    def create(self, name: str, template: str | None = None) -> str:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            query = sql.SQL("create database {}").format(sql.Identifier(name))
+            if template:
+                query = sql.SQL("{} template {}").format(query, sql.Identifier(template))
+            conn.execute(query)
+        return self.dsn(name)
+
+    def drop(self, name: str) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+    @contextlib.contextmanager
+    def clone(self, template: str, prefix: str = "pgshield_t_") -> Iterator[str]:
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
+        dsn = self.create(name, template)
+        try:
+            yield dsn
+        finally:
+            self.drop(name)
+
+
+@contextlib.contextmanager
+def act_as(
+    conn: psycopg.Connection,
+    role: str,
+    *,
+    sub: str | uuid.UUID | None = None,
+    claims: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Iterator[psycopg.Connection]:
+    """Inside one transaction, act as a Supabase API role the way PostgREST does."""
+    all_claims = {"role": role, **({"sub": str(sub)} if sub else {}), **(claims or {})}
+    with conn.transaction():
+        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(all_claims),))
+        if headers is not None:
+            conn.execute("select set_config('request.headers', %s, true)", (json.dumps(headers),))
+        yield conn

@@ -1,0 +1,113 @@
+"""Running pgTAP files with psql and reading their TAP output (used by test_pgtap.py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PLAN_RE = re.compile(r"^1\.\.(\d+)")
+RESULT_RE = re.compile(r"^(not ok|ok)\s+(\d+)\s*(?:-\s*)?(.*)$")
+
+
+@dataclass
+class Assertion:
+    number: int
+    ok: bool
+    description: str
+    diagnostics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TapResult:
+    """What one pgTAP file reported."""
+
+    path: Path
+    returncode: int
+    output: str
+    stderr: str
+    planned: int | None = None
+    assertions: list[Assertion] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Assertion]:
+        return [a for a in self.assertions if not a.ok]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.returncode == 0
+            and self.planned is not None
+            and self.planned == len(self.assertions) > 0
+            and not self.failures
+        )
+
+    def report(self) -> str:
+        lines = [f"pgTAP file {self.path.name}:"]
+        for a in self.failures:
+            lines.append(f"  not ok {a.number} - {a.description}")
+            lines += [f"      {d}" for d in a.diagnostics]
+        if self.planned is None:
+            lines.append("  no plan was printed")
+        elif self.planned != len(self.assertions):
+            lines.append(f"  planned {self.planned} assertions, ran {len(self.assertions)}")
+        if self.returncode != 0:
+            lines.append(f"  psql exited {self.returncode}: {self.stderr.strip()[-2000:]}")
+        return "\n".join(lines)
+
+
+def parse_tap(path: Path, returncode: int, output: str, stderr: str) -> TapResult:
+    result = TapResult(path, returncode, output, stderr)
+    for raw in output.splitlines():
+        line = raw.strip()
+        if (plan := PLAN_RE.match(line)) and result.planned is None:
+            result.planned = int(plan.group(1))
+        elif match := RESULT_RE.match(line):
+            result.assertions.append(
+                Assertion(int(match.group(2)), match.group(1) == "ok", match.group(3))
+            )
+        elif line.startswith("#") and result.assertions:
+            result.assertions[-1].diagnostics.append(line)
+    return result
+
+
+def psql_binary() -> str:
+    from pgshield.embedded import find_bindir
+
+    try:
+        candidate = find_bindir() / "psql"
+        if candidate.is_file():
+            return str(candidate)
+    except Exception:
+        pass
+    found = shutil.which("psql")
+    if not found:
+        raise RuntimeError("psql is needed to run the pgTAP files")
+    return found
+
+
+def run_pgtap_file(dsn: str, path: Path) -> TapResult:
+    """Run one pgTAP file the way pg_prove does, and parse its output."""
+    proc = subprocess.run(
+        [
+            psql_binary(),
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--pset",
+            "pager=off",
+            "-d",
+            dsn,
+            "-f",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return parse_tap(path, proc.returncode, proc.stdout, proc.stderr)

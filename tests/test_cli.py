@@ -1,0 +1,84 @@
+"""The CLI: help everywhere, one-line errors, doctor and demo."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import pgshield
+from pgshield.cli import main
+
+
+def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    out = []
+    for name, cmd in group.commands.items():
+        out.append((f"{prefix}{name}", cmd))
+        if isinstance(cmd, click.Group):
+            out += all_commands(cmd, f"{prefix}{name} ")
+    return out
+
+
+def test_every_command_has_a_summary_and_an_example() -> None:
+    commands = all_commands(main)
+    assert len(commands) >= 9
+    for name, cmd in commands:
+        assert cmd.help and cmd.help.strip(), f"{name} has no help"
+        assert "Example:" in cmd.help, f"{name} has no example"
+        result = CliRunner().invoke(main, [*name.split(), "-h"])
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and pgshield.__version__ in result.output
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["not a dsn at all", "postgresql://postgres@127.0.0.1:1/postgres"],
+    ids=["malformed", "unreachable"],
+)
+@pytest.mark.parametrize("command", ["migrate", "status", "doctor"])
+def test_bad_dsn_is_one_line_and_exit_1(dsn: str, command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--dsn", dsn])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+
+
+def test_dsn_from_environment(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGSHIELD_DSN", raising=False)
+    monkeypatch.setenv("DATABASE_URL", db)
+    result = CliRunner().invoke(main, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {r["state"] for r in json.loads(result.output)} == {"applied"}
+    monkeypatch.setenv("PGSHIELD_DSN", "postgresql://postgres@127.0.0.1:1/postgres")
+    assert CliRunner().invoke(main, ["status"]).exit_code == 1, "PGSHIELD_DSN wins"
+
+
+def test_doctor_reports_the_pack(db: str) -> None:
+    result = CliRunner().invoke(main, ["doctor", "--dsn", db, "--json"])
+    assert result.exit_code == 0, result.output
+    checks = {c["check"]: c for c in json.loads(result.output)}
+    assert checks["pack"]["status"] == "ok" and pgshield.__version__ in checks["pack"]["detail"]
+    assert checks["migrations"]["detail"].endswith("0 pending")
+    assert checks["pgtap"]["status"] == "ok"
+
+
+def test_doctor_on_a_database_without_the_pack(bare_db: str) -> None:
+    checks = {
+        c["check"]: c
+        for c in json.loads(CliRunner().invoke(main, ["doctor", "--dsn", bare_db, "--json"]).output)
+    }
+    assert checks["pack"]["status"] == "missing"
+    assert "pending" in checks["migrations"]["detail"]
+
+
+def test_demo_on_an_existing_database(db: str) -> None:
+    result = CliRunner().invoke(main, ["demo", "--dsn", db])
+    assert result.exit_code == 0, result.output
+    assert "pack status" in result.output and pgshield.__version__ in result.output

@@ -1,0 +1,203 @@
+"""The migration runner: order, idempotence, concurrency, checksums, Supabase CLI bookkeeping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pgshield.cli import main
+from pgshield.errors import MigrationError
+from pgshield.migrations import NAME_RE, discover, export, migrate, split_statements, status
+from pgshield.resources import MODULE_ORDER, migrations_dir, sql_dir
+
+PGSHIELD = [sys.executable, "-m", "pgshield.cli"]
+
+
+def applied_versions(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "select version from supabase_migrations.schema_migrations order by version"
+            )
+        ]
+
+
+# ------------------------------------------------------------------ files ----
+def test_migration_file_names_and_content() -> None:
+    files = sorted(migrations_dir().glob("*"))
+    assert files, "no migration files"
+    versions = []
+    for path in files:
+        match = NAME_RE.match(path.name)
+        assert match, f"{path.name} is not <14-digit UTC timestamp>_<snake_name>.sql"
+        dt.datetime.strptime(match["version"], "%Y%m%d%H%M%S")  # a real UTC timestamp
+        versions.append(match["version"])
+        text = path.read_text()
+        assert not re.search(r"^\s*\\", text, re.M), f"{path.name} has a psql meta-command"
+        assert not re.search(r"^\s*(begin|commit|rollback)\s*;", text, re.I | re.M), (
+            f"{path.name} controls its own transaction; the runner wraps each file in one"
+        )
+    assert len(set(versions)) == len(versions)
+
+
+def test_every_module_has_its_sql_file_and_migration() -> None:
+    modules = {p.stem for p in sql_dir().glob("*.sql")}
+    assert modules == set(MODULE_ORDER)
+    created = {m.name for m in discover()}
+    for module in MODULE_ORDER:
+        assert any(module in name for name in created), f"no migration creates {module}"
+
+
+def test_split_statements_respects_quotes_dollars_and_comments() -> None:
+    text = """
+    -- a comment; with a semicolon
+    create function f() returns text language sql as $$ select 'a;b' $$;
+    select 'it''s; fine';  /* block; comment */
+    do $body$ begin perform 1; end $body$;
+    select ";" from t
+    """
+    stmts = split_statements(text)
+    assert len(stmts) == 4
+    assert stmts[0].endswith("$$ select 'a;b' $$")
+    assert stmts[1] == "select 'it''s; fine'"
+    assert stmts[3] == 'select ";" from t'
+
+
+# ----------------------------------------------------------------- runner ----
+def test_migrate_twice_applies_nothing_the_second_time(bare_db: str) -> None:
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        first = migrate(conn)
+        second = migrate(conn)
+    assert [m.version for m in first] == [m.version for m in discover()]
+    assert second == []
+    assert applied_versions(bare_db) == [m.version for m in discover()]
+
+
+def test_records_versions_as_the_supabase_cli_does(bare_db: str) -> None:
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn)
+        rows = conn.execute(
+            "select version, name, statements from supabase_migrations.schema_migrations"
+            " order by version"
+        ).fetchall()
+        cols = conn.execute(
+            "select column_name, data_type from information_schema.columns"
+            " where table_schema = 'supabase_migrations' and table_name = 'schema_migrations'"
+            " order by ordinal_position"
+        ).fetchall()
+    assert cols == [("version", "text"), ("statements", "ARRAY"), ("name", "text")]
+    for (version, name, statements), m in zip(rows, discover(), strict=True):
+        assert (version, name) == (m.version, m.name)
+        assert statements == split_statements(m.sql) and statements
+
+
+def test_two_concurrent_runners_apply_each_migration_once(bare_db: str) -> None:
+    procs = [
+        subprocess.Popen(
+            [*PGSHIELD, "migrate", "--dsn", bare_db],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outcomes
+    assert applied_versions(bare_db) == [m.version for m in discover()]
+    with psycopg.connect(bare_db) as conn:
+        sums = conn.execute(
+            "select count(*) from supabase_migrations.pgshield_checksums"
+        ).fetchone()
+        assert sums == (len(discover()),)
+        assert conn.execute("select pgshield.version()").fetchone() is not None
+
+
+def _copy_migrations(tmp_path: Path) -> Path:
+    target = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), target)
+    return target
+
+
+def test_edited_applied_migration_is_refused_naming_the_file(bare_db: str, tmp_path: Path) -> None:
+    folder = _copy_migrations(tmp_path)
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn, migrations=discover(folder))
+        first = discover(folder)[0]
+        first.path.write_text(first.sql + "\n-- an innocent-looking edit\n")
+        with pytest.raises(MigrationError, match=re.escape(first.filename)):
+            migrate(conn, migrations=discover(folder))
+        states = status(conn, discover(folder))
+    assert states[0].edited is True
+    assert not any(s.edited for s in states[1:])
+
+
+def test_failing_migration_rolls_back_alone_and_names_its_file(
+    bare_db: str, tmp_path: Path
+) -> None:
+    folder = _copy_migrations(tmp_path)
+    (folder / "29991231000000_create_broken.sql").write_text(
+        "create table public.half_done (id bigint primary key);\nselect 1/0;\n"
+    )
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        broken = re.escape("29991231000000_create_broken.sql")
+        with pytest.raises(MigrationError, match=broken) as err:
+            migrate(conn, migrations=discover(folder))
+        assert err.value.sqlstate == "22012"
+        assert conn.execute("select to_regclass('public.half_done')").fetchone() == (None,)
+    assert "29991231000000" not in applied_versions(bare_db)
+    assert applied_versions(bare_db) == [m.version for m in discover()]
+
+
+def test_bad_migration_names_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "2024_create_x.sql").write_text("select 1;")
+    with pytest.raises(MigrationError, match=re.escape("2024_create_x.sql")):
+        discover(tmp_path)
+
+
+# -------------------------------------------------------------------- CLI ----
+def test_cli_dry_run_changes_nothing_then_status(bare_db: str) -> None:
+    runner = CliRunner()
+    dry = runner.invoke(main, ["migrate", "--dsn", bare_db, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert [line.split()[-1] for line in dry.output.splitlines()] == [
+        m.filename for m in discover()
+    ]
+    with psycopg.connect(bare_db) as conn:
+        assert conn.execute("select to_regnamespace('pgshield')").fetchone() == (None,)
+    pending = json.loads(runner.invoke(main, ["status", "--dsn", bare_db, "--json"]).output)
+    assert {row["state"] for row in pending} == {"pending"}
+    applied = runner.invoke(main, ["migrate", "--dsn", bare_db])
+    assert applied.exit_code == 0 and f"applied {len(discover())} migration(s)" in applied.output
+    done = json.loads(runner.invoke(main, ["status", "--dsn", bare_db, "--json"]).output)
+    assert [r["version"] for r in done if r["state"] == "applied"] == [
+        m.version for m in discover()
+    ]
+
+
+# ----------------------------------------------------------------- export ----
+def test_export_copies_skips_identical_and_refuses_foreign_files(tmp_path: Path) -> None:
+    target = tmp_path / "supabase" / "migrations"
+    first = export(target)
+    assert first.copied == [m.filename for m in discover()] and first.identical == []
+    again = export(target)
+    assert again.copied == [] and again.identical == first.copied
+
+    other = tmp_path / "other" / "supabase" / "migrations"
+    other.mkdir(parents=True)
+    clash = other / discover()[0].filename
+    clash.write_text("-- the user's own, different file\n")
+    result = CliRunner().invoke(main, ["export", "--to", str(other)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and clash.name in result.output
+    assert sorted(p.name for p in other.iterdir()) == [clash.name], "nothing else was written"
+    assert clash.read_text() == "-- the user's own, different file\n"
