@@ -79,6 +79,8 @@ def test_async_sources(db: str) -> None:
         ("PT429", RateLimited),
         ("40001", Retryable),
         ("P0001", ShieldError),
+        ("57P01", Unavailable),
+        ("08006", Unavailable),
     ],
 )
 def test_error_funnel_maps_sqlstates(conn: psycopg.Connection, code: str, cls: type) -> None:

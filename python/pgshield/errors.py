@@ -74,7 +74,7 @@ def error_class(sqlstate: str | None) -> type[ShieldError]:
         return _BY_SQLSTATE[sqlstate]
     if sqlstate.startswith("22"):
         return InvalidInput
-    if sqlstate.startswith("08"):
+    if sqlstate.startswith(("08", "57P")):  # connection failures, server shutting down
         return Unavailable
     return ShieldError
 
