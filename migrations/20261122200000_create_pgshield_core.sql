@@ -125,8 +125,9 @@ $$;
 
 revoke all on function pgshield.caller_role() from public;
 
--- True when the caller is trusted server code: service_role, or a role that
--- bypasses row-level security or is a superuser (the migration owner).
+-- True when the caller is trusted server code: service_role, the owner of the
+-- pgshield schema (the role that ran the migrations; on hosted Supabase
+-- `postgres` is not a superuser), or a superuser / bypassrls role.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.caller_is_trusted() returns boolean
 language sql stable
@@ -134,6 +135,8 @@ set search_path = pg_catalog, pg_temp
 as $$
   select coalesce(
     (select r.rolname = 'service_role' or r.rolsuper or r.rolbypassrls
+            or r.oid = (select n.nspowner from pg_catalog.pg_namespace n
+                         where n.nspname = 'pgshield')
        from pg_catalog.pg_roles r
       where r.rolname = pgshield.caller_role()),
     false)

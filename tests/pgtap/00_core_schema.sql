@@ -2,7 +2,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(19);
+select plan(21);
 
 -- ----------------------------------------------------------- privileges ----
 select has_schema('pgshield', 'the private schema pgshield exists');
@@ -69,6 +69,18 @@ reset role;
 set local role service_role;
 select is(public.t_whoami(), 'service_role:true', 'inside a definer function, service_role is seen and trusted');
 select throws_ok('select pgshield.caller_role()', '42501', null, 'API roles cannot call the caller helpers directly');
+reset role;
+
+create role pgshield_t_owner nologin nosuperuser nobypassrls;
+grant usage on schema pgshield to pgshield_t_owner;
+grant execute on function public.t_whoami() to pgshield_t_owner;
+set local role pgshield_t_owner;
+select is(public.t_whoami(), 'pgshield_t_owner:false', 'an ordinary role is not trusted');
+reset role;
+alter schema pgshield owner to pgshield_t_owner;
+set local role pgshield_t_owner;
+select is(public.t_whoami(), 'pgshield_t_owner:true',
+  'the owner of schema pgshield (the migration role) is trusted without superuser');
 reset role;
 
 select * from finish();
