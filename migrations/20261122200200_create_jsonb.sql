@@ -1,0 +1,681 @@
+-- =============================================================================
+-- pgshield jsonb: RFC 7396 JSON Merge Patch and atomic merges into registered
+-- JSONB columns.
+--
+-- The lost-update bug: two requests read a document, each merges its own key in
+-- application code and writes the whole document back; one change is lost. Here
+-- the merge happens inside one `update`, so concurrent merges of different keys
+-- all survive (READ COMMITTED re-evaluates the merge on the newest row version).
+--
+-- Limits: a patch may nest objects at most 32 levels deep (objects inside arrays
+-- are values and do not count); p_path has at most 32 elements.
+-- Applied after core, inside the migration's transaction.
+-- =============================================================================
+
+-- Fail fast instead of queueing behind a long lock (scoped to the transaction).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
+-- ------------------------------------------------------------ merge patch ----
+
+-- One level of RFC 7396 (the recursion of jsonb_merge_patch). Only the keys the
+-- patch names are touched, and the target is rebuilt at most twice per level
+-- (one `-` for all removed keys, one `||` for all set keys), never once per key.
+-- A patch without nested objects or nulls (the common case) is a single `||`.
+-- p_level is the nesting level of p_patch (1 = the patch itself).
+-- Callers: jsonb_merge_patch, and merge_jsonb's update (granted like
+-- jsonb_merge_patch; pure).
+-- Errors: 22023 when p_patch nests objects deeper than 32 levels.
+create or replace function pgshield.jsonb_merge_patch_level(
+  p_target jsonb, p_patch jsonb, p_level integer
+) returns jsonb
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_special jsonb;
+  v_item jsonb;
+  v_key text;
+  v_skip text[];
+  v_del text[];
+  v_keys text[];
+  v_vals jsonb[];
+  v_set jsonb;
+begin
+  if jsonb_typeof(p_patch) is distinct from 'object' then
+    return p_patch;
+  end if;
+  if p_level > 32 then
+    raise exception using
+      errcode = '22023',
+      message = 'p_patch nests objects deeper than 32 levels',
+      hint = 'Flatten the patch, or merge the deep part with p_path pointing at it.';
+  end if;
+
+  -- Fast path: no member is an object or a null, so the merge is one `||`.
+  -- The result is an object only when the target was one (an array or a
+  -- scalar concatenated with an object gives an array); testing the result
+  -- rather than the target spares decompressing a large target twice. The
+  -- strict mode keeps arrays from being unwrapped into their elements.
+  if not jsonb_path_exists(p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")') then
+    v_set := p_target || p_patch;
+    if jsonb_typeof(v_set) = 'object' then
+      return v_set;
+    end if;
+    return p_patch;  -- the target was not an object: the merge into {} is the patch itself
+  end if;
+
+  if jsonb_typeof(p_target) is distinct from 'object' then
+    p_target := '{}'::jsonb;
+  end if;
+  -- The members that need more than a plain `||`: nulls and objects.
+  v_special := jsonb_path_query_array(
+    p_patch,
+    'strict $.keyvalue() ? (@.value.type() == "object" || @.value.type() == "null")');
+
+  for i in 0 .. jsonb_array_length(v_special) - 1 loop
+    v_item := v_special -> i;
+    v_key := v_item ->> 'key';
+    v_skip := array_append(v_skip, v_key);
+    if jsonb_typeof(v_item -> 'value') = 'null' then
+      v_del := array_append(v_del, v_key);
+    else
+      v_keys := array_append(v_keys, v_key);
+      v_vals := array_append(v_vals,
+        pgshield.jsonb_merge_patch_level(p_target -> v_key, v_item -> 'value', p_level + 1));
+    end if;
+  end loop;
+
+  -- The plain members, then the merged objects (one pass even for many).
+  v_set := p_patch - v_skip;
+  if cardinality(v_keys) = 1 then
+    v_set := v_set || jsonb_build_object(v_keys[1], v_vals[1]);
+  elsif cardinality(v_keys) > 1 then
+    v_set := v_set || (select jsonb_object_agg(u.k, u.v) from unnest(v_keys, v_vals) as u(k, v));
+  end if;
+
+  if v_del is not null then
+    p_target := p_target - v_del;
+  end if;
+  return p_target || v_set;
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_patch_level(jsonb, jsonb, integer)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_patch_level(jsonb, jsonb, integer)
+  to anon, authenticated, service_role;
+
+-- RFC 7396 JSON Merge Patch: objects merge recursively, a JSON null in the
+-- patch removes the key, any non-object patch (arrays included) replaces the
+-- target, a non-object target under an object patch counts as {}.
+-- SQL NULL target counts as {}; SQL NULL patch returns p_target unchanged
+-- (so jsonb_merge_patch(null, null) is null).
+-- Callers: anon, authenticated, service_role (anon has no usage on schema
+-- pgshield, so in practice authenticated, service_role and the owner).
+-- Errors: 22023 when p_patch nests objects deeper than 32 levels.
+create or replace function pgshield.jsonb_merge_patch(p_target jsonb, p_patch jsonb)
+returns jsonb
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_patch is null then
+    return p_target;
+  end if;
+  return pgshield.jsonb_merge_patch_level(p_target, p_patch, 1);
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_patch(jsonb, jsonb)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_patch(jsonb, jsonb)
+  to anon, authenticated, service_role;
+
+-- Merges p_patch into the value at p_path inside p_target: the value there
+-- becomes jsonb_merge_patch(value, p_patch) (so a JSON null p_patch stores
+-- JSON null; to delete a key, patch its parent with {"key": null}). Missing
+-- objects along the path are created; SQL NULL p_target counts as {}.
+-- Callers: merge_jsonb, merge_jsonb_if (inside their update).
+-- Errors: 22023 when the document or a value on the path (before the last
+-- element) exists and is not an object; 22023 for a too deep p_patch.
+create or replace function pgshield.jsonb_merge_patch_at(
+  p_target jsonb, p_path text[], p_patch jsonb
+) returns jsonb
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_depth integer := coalesce(array_length(p_path, 1), 0);
+  v_nodes jsonb[];
+  v_node jsonb := coalesce(p_target, '{}'::jsonb);
+  v_doc jsonb;
+begin
+  if v_depth = 0 then
+    return pgshield.jsonb_merge_patch(p_target, p_patch);
+  end if;
+
+  -- Walk down: every node that holds a path element must be an object.
+  for i in 1 .. v_depth loop
+    if v_node is null then
+      v_node := '{}'::jsonb;
+    elsif jsonb_typeof(v_node) <> 'object' then
+      raise exception using
+        errcode = '22023',
+        message = case when i = 1
+          then format('p_path needs an object document, but the document is a %s',
+                      jsonb_typeof(v_node))
+          else format('p_path element %s (%s) leads to a %s, not an object',
+                      i - 1, quote_literal(left(p_path[i - 1], 200)), jsonb_typeof(v_node))
+          end,
+        hint = 'merge_jsonb creates missing objects on the path but never replaces a value that is not an object.';
+    end if;
+    v_nodes[i] := v_node;
+    v_node := v_node -> p_path[i];
+  end loop;
+
+  -- Merge at the leaf, then rebuild only the objects on the path.
+  v_doc := pgshield.jsonb_merge_patch(v_node, p_patch);
+  for i in reverse v_depth .. 1 loop
+    v_doc := v_nodes[i] || jsonb_build_object(p_path[i], v_doc);
+  end loop;
+  return v_doc;
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_patch_at(jsonb, text[], jsonb)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_patch_at(jsonb, text[], jsonb)
+  to authenticated, service_role;
+
+-- The version of a document for optimistic merges: the md5 of its jsonb text
+-- form (hex, 32 characters). jsonb prints one canonical text per value, so
+-- equal documents have equal hashes. SQL NULL hashes like {} (both merge alike).
+-- Callers: authenticated, service_role. Errors: none.
+create or replace function pgshield.jsonb_hash(p_doc jsonb) returns text
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select md5(coalesce(p_doc, '{}'::jsonb)::text) $$;
+
+revoke all on function pgshield.jsonb_hash(jsonb)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_hash(jsonb) to authenticated, service_role;
+
+-- --------------------------------------------------------------- registry ----
+-- One row per table that merge_jsonb may write: which jsonb column, and which
+-- unique column identifies a row. API roles never read the table; merge_jsonb
+-- resolves a name through jsonb_target_of (security definer). The table is
+-- stored by oid (renames keep working); columns and operators by name, so a
+-- dump and restore keeps it valid.
+
+create table if not exists pgshield.jsonb_target (
+  relation regclass primary key,
+  column_name name not null,
+  key_column name not null,
+  -- From the key's unique index at registration, so that a merge needs no
+  -- catalog search: the type p_id is cast to and the equality operator. The
+  -- operator's name is written into the update as operator(schema.op), so it
+  -- may hold operator characters only.
+  key_type regtype not null,
+  key_operator_schema name not null,
+  key_operator name not null check (key_operator ~ '^[-+*/<>=~!@#%^&|`?]+$'),
+  registered_at timestamptz not null default pgshield.now()
+);
+comment on table pgshield.jsonb_target is
+  'Tables whose jsonb column merge_jsonb may write (one column per table).';
+alter table pgshield.jsonb_target enable row level security;
+revoke all on table pgshield.jsonb_target from public, anon, authenticated, service_role;
+
+-- Checks a target against the catalog as it is now and returns what an update
+-- needs: the key's cast type and equality operator come from the key's unique
+-- btree index (so the update uses that index and its equality, whatever the
+-- key type: uuid, bigint, text, citext, an enum), and problem is null when the
+-- target is usable, else why not.
+-- Callers: pack functions (runs as its caller; the catalog is readable).
+-- Errors: none (problems are returned).
+create or replace function pgshield.jsonb_target_check(
+  p_relation regclass, p_column name, p_key_column name,
+  out key_type regtype, out key_operator_schema name, out key_operator name,
+  out problem text
+) returns record
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_kind "char";
+  v_persistence "char";
+  v_col_type regtype;
+  v_col_generated "char";
+  v_key_num smallint;
+  v_key_type regtype;
+begin
+  select c.relkind, c.relpersistence into v_kind, v_persistence
+    from pg_class c where c.oid = p_relation;
+  if not found then
+    problem := format('table %s no longer exists', p_relation);
+    return;
+  end if;
+  if v_kind not in ('r', 'p') or v_persistence = 't' then
+    problem := format('%s is not a permanent table', p_relation);
+    return;
+  end if;
+
+  select a.atttypid, a.attgenerated into v_col_type, v_col_generated
+    from pg_attribute a
+   where a.attrelid = p_relation and a.attname = p_column
+     and a.attnum > 0 and not a.attisdropped;
+  if not found then
+    problem := format('column %I does not exist in %s', p_column, p_relation);
+    return;
+  end if;
+  if v_col_type <> 'jsonb'::regtype then
+    problem := format('column %I of %s is %s, not jsonb', p_column, p_relation, v_col_type);
+    return;
+  end if;
+  if v_col_generated <> '' then
+    problem := format('column %I of %s is generated', p_column, p_relation);
+    return;
+  end if;
+
+  select a.attnum, a.atttypid into v_key_num, v_key_type
+    from pg_attribute a
+   where a.attrelid = p_relation and a.attname = p_key_column
+     and a.attnum > 0 and not a.attisdropped;
+  if not found then
+    problem := format('key column %I does not exist in %s', p_key_column, p_relation);
+    return;
+  end if;
+  if p_key_column = p_column then
+    problem := format('key column %I is the jsonb column itself', p_key_column);
+    return;
+  end if;
+
+  -- A unique, non-partial btree index on the key column alone; its operator
+  -- class gives the equality operator (btree strategy 3) and its input type
+  -- (the column's own type for polymorphic classes such as enum_ops).
+  select case when t.typtype = 'p' then v_key_type else oc.opcintype::regtype end,
+         n.nspname, o.oprname
+    into key_type, key_operator_schema, key_operator
+    from pg_index i
+    join pg_opclass oc on oc.oid = i.indclass[0]
+    join pg_type t on t.oid = oc.opcintype
+    join pg_amop ao on ao.amopfamily = oc.opcfamily and ao.amopstrategy = 3
+                   and ao.amoplefttype = oc.opcintype and ao.amoprighttype = oc.opcintype
+                   and ao.amopmethod = oc.opcmethod
+    join pg_operator o on o.oid = ao.amopopr
+    join pg_namespace n on n.oid = o.oprnamespace
+    join pg_am am on am.oid = oc.opcmethod and am.amname = 'btree'
+   where i.indrelid = p_relation and i.indisunique and i.indnkeyatts = 1
+     and i.indkey[0] = v_key_num and i.indpred is null
+   order by i.indisprimary desc, i.indexrelid
+   limit 1;
+  if not found then
+    problem := format('key column %I of %s has no unique index of its own', p_key_column, p_relation);
+  end if;
+end
+$$;
+
+revoke all on function pgshield.jsonb_target_check(regclass, name, name)
+  from public, anon, authenticated, service_role;
+
+-- Registers p_column of p_table as a merge target keyed by p_key_column (a
+-- column with a primary key or unique index of its own). Registering the same
+-- target again only refreshes the key's cast type and equality operator (do
+-- it after changing the key's type or index); returns true when it was new.
+-- Callers: service_role and the owner (migrations).
+-- Errors: 22023 bad table/column/key; 23505 when p_table is already registered
+-- with another column or key; 42501 for any other caller.
+create or replace function pgshield.register_jsonb_target(
+  p_table regclass, p_column name, p_key_column name default 'id'
+) returns boolean
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_check record;
+  v_old pgshield.jsonb_target;
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using
+      errcode = '42501',
+      message = 'only service_role or the owner may register jsonb targets';
+  end if;
+  if p_table is null or p_column is null or p_key_column is null then
+    raise exception using
+      errcode = '22023',
+      message = 'p_table, p_column and p_key_column must not be null';
+  end if;
+
+  select * into v_check
+    from pgshield.jsonb_target_check(p_table, p_column, p_key_column);
+  if v_check.problem is not null then
+    raise exception using
+      errcode = '22023',
+      message = 'cannot register: ' || v_check.problem,
+      hint = 'p_column must be a jsonb column; p_key_column must have a primary key or unique index of its own.';
+  end if;
+
+  select * into v_old from pgshield.jsonb_target t where t.relation = p_table for update;
+  if found then
+    if v_old.column_name = p_column and v_old.key_column = p_key_column then
+      -- Same target: refresh what was derived from the key's index.
+      update pgshield.jsonb_target as t
+         set key_type = v_check.key_type,
+             key_operator_schema = v_check.key_operator_schema,
+             key_operator = v_check.key_operator
+       where t.relation = p_table;
+      return false;
+    end if;
+    raise exception using
+      errcode = '23505',
+      message = format('%s is already registered with column %I keyed by %I',
+                       p_table, v_old.column_name, v_old.key_column),
+      hint = 'Call pgshield.unregister_jsonb_target first; a table has one merge target.';
+  end if;
+
+  insert into pgshield.jsonb_target as t
+    (relation, column_name, key_column, key_type, key_operator_schema, key_operator,
+     registered_at)
+  values (p_table, p_column, p_key_column, v_check.key_type, v_check.key_operator_schema,
+          v_check.key_operator, pgshield.now())
+  on conflict (relation) do nothing;
+  return found;
+end
+$$;
+
+revoke all on function pgshield.register_jsonb_target(regclass, name, name)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.register_jsonb_target(regclass, name, name)
+  to service_role;
+
+-- Removes p_table from the merge targets; returns whether it was registered.
+-- Callers: service_role and the owner. Errors: 22023 null p_table; 42501.
+create or replace function pgshield.unregister_jsonb_target(p_table regclass)
+returns boolean
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using
+      errcode = '42501',
+      message = 'only service_role or the owner may unregister jsonb targets';
+  end if;
+  if p_table is null then
+    raise exception using errcode = '22023', message = 'p_table must not be null';
+  end if;
+  delete from pgshield.jsonb_target t where t.relation = p_table;
+  return found;
+end
+$$;
+
+revoke all on function pgshield.unregister_jsonb_target(regclass)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.unregister_jsonb_target(regclass) to service_role;
+
+-- The registered targets, with problem set when the catalog no longer fits
+-- (a dropped or retyped column, a dropped table or unique index).
+-- Callers: service_role and the owner. Errors: 42501 for any other caller.
+create or replace function pgshield.list_jsonb_targets()
+returns table (
+  table_name text, column_name name, key_column name,
+  registered_at timestamptz, problem text
+)
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using
+      errcode = '42501',
+      message = 'only service_role or the owner may list jsonb targets';
+  end if;
+  return query
+    select t.relation::text, t.column_name, t.key_column, t.registered_at,
+           coalesce(c.problem,
+                    case when (c.key_type, c.key_operator_schema, c.key_operator)
+                              is distinct from (t.key_type, t.key_operator_schema, t.key_operator)
+                         then 'the key''s type or unique index changed: register it again'
+                    end)
+      from pgshield.jsonb_target t
+     cross join lateral pgshield.jsonb_target_check(t.relation, t.column_name, t.key_column) c
+     order by t.relation::text;
+end
+$$;
+
+revoke all on function pgshield.list_jsonb_targets()
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.list_jsonb_targets() to service_role;
+
+-- Resolves p_table ('table' = public.table, or 'schema.table'; identifier
+-- rules: unquoted names fold to lower case, "Quoted" ones keep theirs) to a
+-- registered target. p_table is only ever compared with catalog names,
+-- never turned into SQL: anything that is not a well-formed name is simply not
+-- registered. Security definer so that callers need no access to the registry.
+-- Callers: authenticated, service_role (through merge_jsonb / merge_jsonb_if).
+-- Errors: 22023 when p_table is not registered.
+create or replace function pgshield.jsonb_target_of(
+  p_table text,
+  out relation regclass, out column_name name, out key_column name,
+  out key_type regtype, out key_operator_schema name, out key_operator name
+) returns record
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_parts text[];
+  v_relation regclass;
+begin
+  -- p_table is parsed only when it has the shape of a (qualified) identifier,
+  -- then resolved through the relation cache (quoted and qualified, so no
+  -- search_path is involved); the registry row is found by its primary key.
+  -- (Computing the oid first keeps the query's plan generic: no replanning.)
+  v_parts := case
+               when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
+                               '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
+               then parse_ident(p_table)
+             end;
+  v_relation := case
+                  when v_parts is not null then
+                    to_regclass(format('%I.%I',
+                                       case when cardinality(v_parts) = 2 then v_parts[1]
+                                            else 'public' end,
+                                       v_parts[cardinality(v_parts)]))
+                end;
+  select t.relation, t.column_name, t.key_column,
+         t.key_type, t.key_operator_schema, t.key_operator
+    into relation, column_name, key_column, key_type, key_operator_schema, key_operator
+    from pgshield.jsonb_target t
+   where t.relation = v_relation;
+  if relation is null then
+    raise exception using
+      errcode = '22023',
+      message = format('p_table %s is not a registered jsonb target',
+                       coalesce(quote_literal(left(p_table, 200)), 'null')),
+      hint = 'Register it with pgshield.register_jsonb_target(table, column, key_column); a name without a schema means public.';
+  end if;
+end
+$$;
+
+revoke all on function pgshield.jsonb_target_of(text)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_target_of(text) to authenticated, service_role;
+
+-- Raises the exact error for bad arguments of merge_jsonb / merge_jsonb_if
+-- (they call it only when their one-line check fails, to keep the hot path
+-- short). Callers: merge_jsonb, merge_jsonb_if. Errors: 22023 naming the parameter.
+create or replace function pgshield.jsonb_merge_check_args(
+  p_id text, p_patch jsonb, p_path text[]
+) returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_id is null then
+    raise exception using errcode = '22023', message = 'p_id must not be null';
+  end if;
+  if p_patch is null then
+    raise exception using
+      errcode = '22023',
+      message = 'p_patch must not be null',
+      hint = 'Send a JSON value; the JSON null removes nothing at the root, it replaces the document.';
+  end if;
+  if p_path is null then
+    raise exception using
+      errcode = '22023',
+      message = 'p_path must not be null',
+      hint = 'Use ''{}'' (an empty array) for the document root.';
+  end if;
+  if array_ndims(p_path) > 1 or coalesce(array_length(p_path, 1), 0) > 32 then
+    raise exception using
+      errcode = '22023',
+      message = 'p_path must be a flat array of at most 32 keys';
+  end if;
+  if array_position(p_path, null) is not null then
+    raise exception using
+      errcode = '22023',
+      message = format('p_path element %s is null', array_position(p_path, null));
+  end if;
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_check_args(text, jsonb, text[])
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_check_args(text, jsonb, text[])
+  to authenticated, service_role;
+
+-- ------------------------------------------------------------------- RPCs ----
+
+-- Merges p_patch (RFC 7396) into the registered jsonb column of the row of
+-- p_table whose key equals p_id, at p_path (missing objects are created), in
+-- one update, and returns the whole merged document. Runs with the caller's
+-- rights: table grants (SELECT and UPDATE) and row-level security decide.
+-- Callers: authenticated, service_role.
+-- Errors: 22023 bad input (unregistered p_table, null arguments, a non-object
+-- on p_path, a patch nested deeper than 32); 22P02 when p_id does not fit the
+-- key type; PT404 when no row has that key or row-level security hides it;
+-- 42501 when the caller may not update the table; 40001 at REPEATABLE READ
+-- when the row changed after the snapshot (retry the transaction).
+create or replace function public.merge_jsonb(
+  p_table text, p_id text, p_patch jsonb, p_path text[] default '{}'
+) returns jsonb
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_t record;
+  v_doc jsonb;
+  v_rows bigint;
+begin
+  if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
+     or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
+    perform pgshield.jsonb_merge_check_args(p_id, p_patch, p_path);  -- raises the exact error
+  end if;
+  v_t := pgshield.jsonb_target_of(p_table);
+
+  -- Identifiers through %I and regclass/regtype output, the operator name is
+  -- operator characters only (a check on the registry), values only via using.
+  execute format(
+    'update %s as t set %I = %s where t.%I operator(%I.%s) $1::%s returning t.%I',
+    v_t.relation, v_t.column_name,
+    case when cardinality(p_path) = 0
+         then format('pgshield.jsonb_merge_patch_level(t.%I, $2, 1)', v_t.column_name)
+         else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', v_t.column_name)
+    end,
+    v_t.key_column, v_t.key_operator_schema, v_t.key_operator, v_t.key_type, v_t.column_name)
+    into v_doc
+    using p_id, p_patch, p_path;
+  get diagnostics v_rows = row_count;
+
+  if v_rows = 0 then
+    raise exception using
+      errcode = 'PT404',
+      message = format('no row of %s has %I = %s', v_t.relation, v_t.key_column,
+                       quote_literal(left(p_id, 200))),
+      hint = 'The row does not exist, or row-level security hides it from you.';
+  end if;
+  return v_doc;
+end
+$$;
+
+revoke all on function public.merge_jsonb(text, text, jsonb, text[])
+  from public, anon, authenticated, service_role;
+grant execute on function public.merge_jsonb(text, text, jsonb, text[])
+  to authenticated, service_role;
+
+-- Like merge_jsonb, but only when the row's whole document still has the hash
+-- p_expected_hash (pgshield.jsonb_hash: md5 of the jsonb text form), checked
+-- in the same update; otherwise nothing is written.
+-- Callers: authenticated, service_role.
+-- Errors: those of merge_jsonb; 22023 when p_expected_hash is not 32 hex
+-- digits; PT409 when the document changed (the detail holds its current hash).
+create or replace function public.merge_jsonb_if(
+  p_table text, p_id text, p_patch jsonb, p_expected_hash text, p_path text[] default '{}'
+) returns jsonb
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_t record;
+  v_doc jsonb;
+  v_rows bigint;
+  v_current text;
+begin
+  if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
+     or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
+    perform pgshield.jsonb_merge_check_args(p_id, p_patch, p_path);  -- raises the exact error
+  end if;
+  if p_expected_hash is null or p_expected_hash !~ '^[0-9a-fA-F]{32}$' then
+    raise exception using
+      errcode = '22023',
+      message = 'p_expected_hash must be 32 hex digits',
+      hint = 'Use pgshield.jsonb_hash(document), the md5 of the document''s jsonb text.';
+  end if;
+  v_t := pgshield.jsonb_target_of(p_table);
+
+  execute format(
+    'update %s as t set %I = %s'
+    ' where t.%I operator(%I.%s) $1::%s and pgshield.jsonb_hash(t.%I) = $4 returning t.%I',
+    v_t.relation, v_t.column_name,
+    case when cardinality(p_path) = 0
+         then format('pgshield.jsonb_merge_patch_level(t.%I, $2, 1)', v_t.column_name)
+         else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', v_t.column_name)
+    end,
+    v_t.key_column, v_t.key_operator_schema, v_t.key_operator, v_t.key_type,
+    v_t.column_name, v_t.column_name)
+    into v_doc
+    using p_id, p_patch, p_path, lower(p_expected_hash);
+  get diagnostics v_rows = row_count;
+  if v_rows > 0 then
+    return v_doc;
+  end if;
+
+  execute format('select pgshield.jsonb_hash(t.%I) from %s as t where t.%I operator(%I.%s) $1::%s',
+                 v_t.column_name, v_t.relation, v_t.key_column,
+                 v_t.key_operator_schema, v_t.key_operator, v_t.key_type)
+    into v_current
+    using p_id;
+  get diagnostics v_rows = row_count;
+  -- Seen with the expected hash but not updated: row-level security lets the
+  -- caller read the row but not update it.
+  if v_rows = 0 or v_current = lower(p_expected_hash) then
+    raise exception using
+      errcode = 'PT404',
+      message = format('no row of %s has %I = %s', v_t.relation, v_t.key_column,
+                       quote_literal(left(p_id, 200))),
+      hint = 'The row does not exist, or row-level security hides it from you.';
+  end if;
+  raise exception using
+    errcode = 'PT409',
+    message = format('the document of %s %I = %s changed since hash %s',
+                     v_t.relation, v_t.key_column, quote_literal(left(p_id, 200)),
+                     lower(p_expected_hash)),
+    detail = 'current hash: ' || v_current,
+    hint = 'Read the document again, rebuild the patch, and retry with the new hash.';
+end
+$$;
+
+revoke all on function public.merge_jsonb_if(text, text, jsonb, text, text[])
+  from public, anon, authenticated, service_role;
+grant execute on function public.merge_jsonb_if(text, text, jsonb, text, text[])
+  to authenticated, service_role;
