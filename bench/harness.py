@@ -7,16 +7,19 @@ each transaction (``-l``) and the percentiles are computed from those logs.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgshield.embedded import Cluster, find_bindir
+from pgshield.embedded import Cluster, find_bindir, free_port
 from pgshield.provision import prepare_cluster
 
 
@@ -95,6 +98,112 @@ def pgbench(
         if line.startswith("tps ="):
             tps = float(line.split("=")[1].split()[0])
     return Result(name, clients, tps, *percentiles(latencies_us))
+
+
+REDIS_TOOLS = ("redis-server", "redis-cli", "redis-benchmark")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int | None]:
+    """A throw-away Redis on 127.0.0.1 without persistence; yields its port.
+
+    Yields None when redis-server, redis-cli or redis-benchmark is not installed. The server is
+    stopped (by its own process id) on exit.
+    """
+    if not all(shutil.which(tool) for tool in REDIS_TOOLS):
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while redis_cli(port, "ping", check=False) != "PONG":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def redis_cli(port: int, *args: str, check: bool = True) -> str:
+    """Run one redis-cli command against 127.0.0.1:``port``; its output, stripped."""
+    proc = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"redis-cli {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def redis_benchmark(
+    port: int,
+    name: str,
+    command: Sequence[str],
+    *,
+    clients: int,
+    seconds: float = 5.0,
+    keyspace: int | None = None,
+) -> Result:
+    """Run one Redis ``command`` with redis-benchmark (a C client) for about ``seconds``.
+
+    ``keyspace`` replaces ``__rand_int__`` in the arguments with random numbers below it.
+    redis-benchmark counts requests rather than time, so a short probe sets the count. Threads
+    follow pgbench's (at most 2).
+    """
+
+    def run(requests: int) -> tuple[float, float, float]:
+        args = [
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(clients),
+            "-n",
+            str(requests),
+            "--csv",
+            "--precision",
+            "3",
+        ]
+        if clients > 1:
+            args += ["--threads", str(min(clients, 2))]
+        if keyspace:
+            args += ["-r", str(keyspace)]
+        proc = subprocess.run([*args, *command], capture_output=True, text=True)
+        rows = list(csv.DictReader(proc.stdout.splitlines()))
+        if proc.returncode != 0 or not rows:
+            raise RuntimeError(f"redis-benchmark failed for {name}: {proc.stderr.strip()[-500:]}")
+        row = rows[-1]
+        return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
+
+    probe_rps, _, _ = run(max(2000, 500 * clients))
+    rps, p50, p99 = run(max(1000, int(probe_rps * seconds)))
+    return Result(name, clients, rps, p50, p99)
 
 
 def percentiles(latencies_us: Sequence[int]) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # One entry per module benchmark (module in bench/ exposing main() -> str of markdown).
-BENCHMARKS: list[str] = []
+BENCHMARKS: list[str] = ["bench_rate_limit", "bench_jsonb"]
 
 
 def main() -> int:

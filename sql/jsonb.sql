@@ -42,6 +42,18 @@ declare
   v_vals jsonb[];
   v_set jsonb;
 begin
+  -- Fast path: an object patch none of whose members is an object or a null
+  -- is one `||`. The result is an object only when the target was one (an
+  -- array or a scalar concatenated with an object gives an array), and
+  -- testing the result rather than the target spares decompressing a large
+  -- target twice; otherwise the merge into {} is the patch itself. The strict
+  -- mode keeps arrays from being unwrapped into their elements.
+  if jsonb_typeof(p_patch) = 'object' and p_level <= 32
+     and not jsonb_path_exists(p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")') then
+    v_set := p_target || p_patch;
+    return case when jsonb_typeof(v_set) = 'object' then v_set else p_patch end;
+  end if;
+
   if jsonb_typeof(p_patch) is distinct from 'object' then
     return p_patch;
   end if;
@@ -50,19 +62,6 @@ begin
       errcode = '22023',
       message = 'p_patch nests objects deeper than 32 levels',
       hint = 'Flatten the patch, or merge the deep part with p_path pointing at it.';
-  end if;
-
-  -- Fast path: no member is an object or a null, so the merge is one `||`.
-  -- The result is an object only when the target was one (an array or a
-  -- scalar concatenated with an object gives an array); testing the result
-  -- rather than the target spares decompressing a large target twice. The
-  -- strict mode keeps arrays from being unwrapped into their elements.
-  if not jsonb_path_exists(p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")') then
-    v_set := p_target || p_patch;
-    if jsonb_typeof(v_set) = 'object' then
-      return v_set;
-    end if;
-    return p_patch;  -- the target was not an object: the merge into {} is the patch itself
   end if;
 
   if jsonb_typeof(p_target) is distinct from 'object' then
@@ -86,12 +85,15 @@ begin
     end if;
   end loop;
 
-  -- The plain members, then the merged objects (one pass even for many).
+  -- The plain members, then the merged objects: one by one for a few (no
+  -- query needed), in one aggregate for many (linear, not quadratic).
   v_set := p_patch - v_skip;
-  if cardinality(v_keys) = 1 then
-    v_set := v_set || jsonb_build_object(v_keys[1], v_vals[1]);
-  elsif cardinality(v_keys) > 1 then
+  if cardinality(v_keys) > 16 then
     v_set := v_set || (select jsonb_object_agg(u.k, u.v) from unnest(v_keys, v_vals) as u(k, v));
+  elsif v_keys is not null then
+    for i in 1 .. cardinality(v_keys) loop
+      v_set := v_set || jsonb_build_object(v_keys[i], v_vals[i]);
+    end loop;
   end if;
 
   if v_del is not null then
@@ -174,8 +176,9 @@ begin
     v_node := v_node -> p_path[i];
   end loop;
 
-  -- Merge at the leaf, then rebuild only the objects on the path.
-  v_doc := pgshield.jsonb_merge_patch(v_node, p_patch);
+  -- Merge at the leaf (p_patch is never SQL NULL here: the RPCs refuse it),
+  -- then rebuild only the objects on the path.
+  v_doc := pgshield.jsonb_merge_patch_level(v_node, p_patch, 1);
   for i in reverse v_depth .. 1 loop
     v_doc := v_nodes[i] || jsonb_build_object(p_path[i], v_doc);
   end loop;
@@ -462,31 +465,25 @@ create or replace function pgshield.jsonb_target_of(
 language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_parts text[];
-  v_relation regclass;
 begin
-  -- p_table is parsed only when it has the shape of a (qualified) identifier,
-  -- then resolved through the relation cache (quoted and qualified, so no
-  -- search_path is involved); the registry row is found by its primary key.
-  -- (Computing the oid first keeps the query's plan generic: no replanning.)
-  v_parts := case
-               when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
-                               '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
-               then parse_ident(p_table)
-             end;
-  v_relation := case
-                  when v_parts is not null then
-                    to_regclass(format('%I.%I',
-                                       case when cardinality(v_parts) = 2 then v_parts[1]
-                                            else 'public' end,
-                                       v_parts[cardinality(v_parts)]))
-                end;
+  -- One statement: p_table is parsed only when it has the shape of a
+  -- (qualified) identifier (so parse_ident never raises), resolved through the
+  -- relation cache (quoted and qualified: no search_path involved), and the
+  -- registry row is found by its primary key.
   select t.relation, t.column_name, t.key_column,
          t.key_type, t.key_operator_schema, t.key_operator
     into relation, column_name, key_column, key_type, key_operator_schema, key_operator
     from pgshield.jsonb_target t
-   where t.relation = v_relation;
+   where t.relation = to_regclass(
+           case
+             when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
+                             '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
+             then format('%I.%I',
+                         -- 'table' alone: element 0 does not exist, so public
+                         coalesce((parse_ident(p_table))[cardinality(parse_ident(p_table)) - 1],
+                                  'public'),
+                         (parse_ident(p_table))[cardinality(parse_ident(p_table))])
+           end);
   if relation is null then
     raise exception using
       errcode = '22023',

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -67,3 +68,26 @@ def act_as(
         if headers is not None:
             conn.execute("select set_config('request.headers', %s, true)", (json.dumps(headers),))
         yield conn
+
+
+def run_threads(
+    count: int, work: Callable[[int, threading.Barrier], None], *, join_timeout: float = 180
+) -> None:
+    """Run ``work(i, barrier)`` in ``count`` threads that start together; re-raise failures."""
+    barrier = threading.Barrier(count, timeout=60)
+    errors: list[BaseException] = []
+
+    def target(i: int) -> None:
+        try:
+            work(i, barrier)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_timeout)
+    assert not any(t.is_alive() for t in threads), "a worker thread is still running"
+    assert not errors, errors[:3]

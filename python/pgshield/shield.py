@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pgshield.client import AsyncClient, SyncClient
 from pgshield.core import AsyncCoreMethods, CoreMethods
+from pgshield.jsonb import AsyncJsonbMethods, JsonbMethods
+from pgshield.rate_limit import AsyncRateLimitMethods, RateLimitMethods
 
 # Module mixins are listed here, one line each (rate limiting, jsonb, ...).
-_SYNC_MIXINS: tuple[type, ...] = (CoreMethods,)
-_ASYNC_MIXINS: tuple[type, ...] = (AsyncCoreMethods,)
+_SYNC_MIXINS: tuple[type, ...] = (CoreMethods, JsonbMethods, RateLimitMethods)
+_ASYNC_MIXINS: tuple[type, ...] = (AsyncCoreMethods, AsyncJsonbMethods, AsyncRateLimitMethods)
 
 
 class Shield(*_SYNC_MIXINS, SyncClient):  # type: ignore[misc]

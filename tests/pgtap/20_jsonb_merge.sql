@@ -4,7 +4,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(33);
+select plan(35);
 
 -- Helper tables, created and dropped with this transaction.
 create table public.jsonb_m_docs (id bigint primary key, doc jsonb);
@@ -20,6 +20,12 @@ create table public."Jsonb Weird; drop" (
   "my id" text unique, "doc""; drop table x; --" jsonb not null default '{}'
 );
 insert into public."Jsonb Weird; drop" ("my id") values ('w');
+create type public.jsonb_m_color as enum ('red', 'green');
+create table public.jsonb_m_enum (k public.jsonb_m_color primary key, doc jsonb not null default '{}');
+insert into public.jsonb_m_enum (k) values ('red'), ('green');
+create domain public.jsonb_m_slug as text check (value ~ '^[a-z]+$');
+create table public.jsonb_m_domain (k public.jsonb_m_slug primary key, doc jsonb not null default '{}');
+insert into public.jsonb_m_domain (k) values ('abc');
 create schema jsonb_m_other;
 create table jsonb_m_other.docs (id int primary key, doc jsonb not null default '{}');
 insert into jsonb_m_other.docs (id) values (7);
@@ -29,6 +35,8 @@ select pgshield.register_jsonb_target('public.jsonb_m_uuid', 'doc');
 select pgshield.register_jsonb_target('public.jsonb_m_code', 'doc', 'code');
 select pgshield.register_jsonb_target('public."Jsonb Weird; drop"', 'doc"; drop table x; --', 'my id');
 select pgshield.register_jsonb_target('jsonb_m_other.docs', 'doc');
+select pgshield.register_jsonb_target('public.jsonb_m_enum', 'doc', 'k');
+select pgshield.register_jsonb_target('public.jsonb_m_domain', 'doc', 'k');
 
 -- ------------------------------------------------------------ root merges ----
 select is(merge_jsonb('jsonb_m_docs', '1', '{"title":"T","tags":["b"],"n":1}'),
@@ -73,6 +81,10 @@ select is(merge_jsonb('jsonb_m_code', $$' or 1=1 --$$, '{"q":1}'), '{"q":1}'::js
           'a key value that looks like SQL matches only itself');
 select is((select doc from public.jsonb_m_code where code = 'abc'), '{"c":1}'::jsonb,
           'the other row was not touched by the SQL-looking key');
+select is(merge_jsonb('jsonb_m_enum', 'green', '{"e":1}'), '{"e":1}'::jsonb,
+          'an enum key works (compared with the enum''s own equality)');
+select is(merge_jsonb('jsonb_m_domain', 'abc', '{"d":1}'), '{"d":1}'::jsonb,
+          'a key over a domain works');
 select throws_ok(
   $$select merge_jsonb('jsonb_m_code', 'no such code', '{"c":1}')$$,
   'PT404', null, 'a key with no row is PT404');

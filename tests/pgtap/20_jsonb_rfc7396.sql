@@ -5,7 +5,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(38);
+select plan(39);
 
 -- ------------------------------------------------------------ RFC vectors ----
 select is(
@@ -55,6 +55,14 @@ select is(pgshield.jsonb_merge_patch(
             '{"a":{"x":null,"z":2},"b":{"y":2},"c":null,"d":{"e":null},"f":0}'),
           '{"a":{"z":2},"b":{"y":2},"d":{},"f":0,"keep":true}'::jsonb,
           'several nested objects, deletes and plain values in one patch');
+select is(pgshield.jsonb_merge_patch(
+            (select jsonb_object_agg('k' || g, jsonb_build_object('a', g)) from generate_series(1, 40) g),
+            (select jsonb_object_agg('k' || g, jsonb_build_object('a', null, 'b', g))
+               from generate_series(1, 30) g)),
+          (select jsonb_object_agg('k' || g, case when g <= 30 then jsonb_build_object('b', g)
+                                                  else jsonb_build_object('a', g) end)
+             from generate_series(1, 40) g),
+          'a patch with many (30) nested objects merges each of them');
 select is(pgshield.jsonb_merge_patch('{"ключ":1,"😀":{"ü":1}}', '{"😀":{"ü":null,"é":2}}'),
           '{"ключ":1,"😀":{"é":2}}'::jsonb,
           'unicode keys merge like any other key');

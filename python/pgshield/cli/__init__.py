@@ -9,7 +9,9 @@ import click
 from pgshield import __version__
 from pgshield.cli.context import dsn_option, expected_errors, resolve_dsn
 from pgshield.cli.db import db
+from pgshield.cli.jsonb import jsonb
 from pgshield.cli.output import emit, emit_json, json_option
+from pgshield.cli.rate_limit import ratelimit
 from pgshield.client import connect
 from pgshield.migrations import export as export_migrations
 from pgshield.migrations import migrate as run_migrations
@@ -28,6 +30,8 @@ def main() -> None:
 
 
 main.add_command(db)
+main.add_command(jsonb)
+main.add_command(ratelimit)
 
 
 @main.command()

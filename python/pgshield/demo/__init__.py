@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pgshield.demo import core
+from pgshield.demo import core, jsonb, rate_limit
 
 Echo = Callable[[str], None]
 
 # One line per module section, in tour order.
-SECTIONS: list[Callable[[str, Echo], None]] = [core.run]
+SECTIONS: list[Callable[[str, Echo], None]] = [core.run, jsonb.run, rate_limit.run]
 
 
 def run_demo(dsn: str | None, echo: Echo) -> None:
