@@ -9,7 +9,7 @@ from pgshield.demo import core, jsonb, rate_limit
 Echo = Callable[[str], None]
 
 # One line per module section, in tour order.
-SECTIONS: list[Callable[[str, Echo], None]] = [core.run, jsonb.run, rate_limit.run]
+SECTIONS: list[Callable[[str, Echo], None]] = [core.run, rate_limit.run, jsonb.run]
 
 
 def run_demo(dsn: str | None, echo: Echo) -> None:
