@@ -305,8 +305,9 @@ def main() -> None:
             "",
             "**Server CPU per call**, read from the backend's own CPU counters, so other load"
             " on the box hardly changes it (each call its own transaction, no client round"
-            " trip). On a box where the CPU is the limit, the hot-row throughput ratio tends"
-            " towards these ratios; where commits wait for the disk, towards 1.",
+            " trip). The client round trip, the protocol and the commit add the same to both,"
+            " so hot-row throughput ratios lie between these ratios (CPU-bound box) and 1"
+            " (commits waiting for the disk).",
             "",
             cpu,
             "",

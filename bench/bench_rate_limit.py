@@ -76,17 +76,13 @@ def key_expr(keys: str, prefix: str, hot_key: str) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- workloads ----
 
-# pgbench reuses one clock reading per pass over a client: when a reply is already waiting as
-# it looks, the transaction is logged with 0 us. A meta command after the query makes pgbench
-# read the clock again, so every logged latency is measured.
-CLOCK = "\\set done 1\n"
 
 
 def upsert_script(keys: str, table: str) -> str:
     pre, key = key_expr(keys, "k", "hot")
     return (
         pre + f"insert into {table} as c (key, n) values ({key}, 1)\n"
-        "  on conflict (key) do update set n = c.n + 1;\n" + CLOCK
+        "  on conflict (key) do update set n = c.n + 1;\n"
     )
 
 
@@ -106,7 +102,6 @@ def naive_script(keys: str) -> str:
         + f"update bench.naive set count = :n + 1 where key = {key};\n"
         + "\\endif\n"
         + "commit;\n"
-        + CLOCK
     )
 
 
@@ -119,7 +114,7 @@ def pgshield_script(keys: str, algorithm: str, hot_key: str, limit: int, window:
     pre, key = key_expr(keys, key_prefix(algorithm), hot_key)
     return (
         pre + f"select * from public.increment_rate_limit({key}, {limit}, {window}, 1, "
-        f"'{algorithm}');\n" + CLOCK
+        f"'{algorithm}');\n"
     )
 
 
@@ -222,7 +217,7 @@ class Job:
 
 
 def postgres_jobs() -> list[Job]:
-    jobs = [Job(SELECT_1, NO_KEY, c, "select 1;\n" + CLOCK) for c in CLIENTS]
+    jobs = [Job(SELECT_1, NO_KEY, c, "select 1;\n") for c in CLIENTS]
     for keys in (DISTINCT, HOT):
         for name, script in (
             (UPSERT, upsert_script(keys, "bench.counter")),
@@ -309,6 +304,116 @@ def run_all(
         for job, results in runs.items()
     ]
     return cells, settings
+
+
+# ------------------------------------------------------------- server CPU ----
+
+# Throughput on a shared 2-core machine moves with whatever else runs; the CPU time the server
+# process itself spends per decision hardly does. Each measurement is a procedure that makes
+# CPU_CALLS decisions, each followed by its commit (as a client's call would be), and reads the
+# backend's run time from /proc/<pid>/schedstat (nanoseconds) around it. No round trip, no
+# protocol: only the statement, the function and the commit.
+CPU_CALLS = 2000
+CPU_WARMUP_CALLS = 100
+
+
+@dataclass(frozen=True)
+class CpuRow:
+    name: str
+    keys: str
+    us_per_call: float
+    reference: str  # the row it is compared with
+
+
+def backend_cpu_ns(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_per_call(conn: psycopg.Connection, statement: str) -> float | None:
+    """Server CPU microseconds per call of ``statement`` (``i`` is the call number)."""
+    conn.execute(
+        "create or replace procedure bench.cpu_loop(p_calls integer) language plpgsql as $body$\n"
+        f"begin\n  for i in 1..p_calls loop\n    {statement};\n    commit;\n"
+        "  end loop;\nend\n$body$"
+    )
+    conn.execute(f"call bench.cpu_loop({CPU_WARMUP_CALLS})")  # plans cached, pages read
+    pid = conn.info.backend_pid
+    before = backend_cpu_ns(pid)
+    conn.execute(f"call bench.cpu_loop({CPU_CALLS})")
+    after = backend_cpu_ns(pid)
+    if before is None or after is None:
+        return None
+    return (after - before) / 1000.0 / CPU_CALLS
+
+
+def cpu_rows(dsn: str, progress: Callable[[str], None]) -> list[CpuRow]:
+    """Server CPU per decision: the floors, then every algorithm in every storage mode."""
+    rows: list[CpuRow] = []
+    with connect(dsn) as conn:
+        if backend_cpu_ns(conn.info.backend_pid) is None:
+            progress("no /proc/<pid>/schedstat for the server: no CPU table")
+            return rows
+
+        def measure(name: str, keys: str, statement: str, reference: str) -> None:
+            value = cpu_per_call(conn, statement)
+            if value is not None:
+                rows.append(CpuRow(name, keys, value, reference))
+                progress(f"cpu {name} [{keys}]: {value:.1f} us")
+
+        distinct = f"'k' || (i % {KEYSPACE} + 1)"
+        measure("commit only", NO_KEY, "perform 1", "")
+        for name, table in ((UPSERT, "bench.counter"), (UPSERT_UNLOGGED, "bench.counter_unlogged")):
+            for keys, key in ((DISTINCT, distinct), (HOT, "'hot'")):
+                measure(
+                    name,
+                    keys,
+                    f"insert into {table} as c (key, n) values ({key}, 1)"
+                    " on conflict (key) do update set n = c.n + 1",
+                    "",
+                )
+        for mode in MODES:
+            conn.execute("select pgshield.set_rate_limit_storage(%s)", (mode,))
+            reference = UPSERT if mode == "logged" else UPSERT_UNLOGGED
+            for algorithm in ALGORITHMS:
+                prefix = key_prefix(algorithm)
+                for keys, key, limit, window, denied in (
+                    (DISTINCT, f"'{prefix}' || (i % {KEYSPACE} + 1)", ALLOW_LIMIT, WINDOW, False),
+                    (HOT, f"'hot-{algorithm}'", ALLOW_LIMIT, WINDOW, False),
+                    (HOT, f"'deny-{algorithm}'", DENY_LIMIT, DENY_WINDOW, True),
+                ):
+                    measure(
+                        pgshield_name(algorithm, mode, denied),
+                        keys,
+                        f"perform public.increment_rate_limit({key}, {limit}, {window}, 1,"
+                        f" '{algorithm}')",
+                        reference,
+                    )
+        conn.execute("select pgshield.set_rate_limit_storage('logged')")
+    return rows
+
+
+CPU_NOTE = (
+    f"The run time of the server process per decision ({CPU_CALLS:,} decisions, each followed by "
+    "its commit, inside one procedure; from `/proc/<pid>/schedstat`): the function and the "
+    "commit without the round trip, and hardly moved by other load on the machine. Waiting "
+    "(for the disk, for a lock) is not CPU and is not counted."
+)
+
+
+def cpu_table(rows: list[CpuRow]) -> str:
+    by = {(r.name, r.keys): r.us_per_call for r in rows}
+    lines = [
+        "| workload | keys | server CPU us per decision | cost vs bare upsert (same logging) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        base = by.get((r.reference, r.keys)) if r.reference else None
+        cost = f"{r.us_per_call / base:.2f}x" if base else "-"
+        lines.append(f"| {r.name} | {r.keys} | {r.us_per_call:.1f} | {cost} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------- report ----
@@ -407,16 +512,37 @@ class Verdict:
     algorithm: str
     measured: str
     ok: bool | None  # None: could not be measured
+    reference: bool = False  # a ceiling the targets are read against, not a target
 
     @property
     def mark(self) -> str:
+        if self.reference:
+            return "reference"
         return {True: "pass", False: "MISS", None: "n/a"}[self.ok]
+
+
+def ceilings(look: Lookup) -> list[Verdict]:
+    """What no decision on this machine can beat: the floors measured against the targets."""
+    n = TARGET_CLIENTS
+    out = []
+    for name, keys, label in (
+        (SELECT_1, DISTINCT, "ceiling: `select 1` vs Redis (distinct)"),
+        (UPSERT_UNLOGGED, DISTINCT, "ceiling: bare unlogged upsert vs Redis (distinct)"),
+        (UPSERT_UNLOGGED, HOT, "ceiling: bare unlogged upsert vs Redis (hot)"),
+    ):
+        value = ratio(look.get(name, keys, n), look.get(REDIS, keys, n))
+        if value is not None:
+            out.append(Verdict(label, "-", fmt_ratio(value), None, reference=True))
+    sel = look.get(SELECT_1, NO_KEY, n)
+    if sel is not None:
+        out.append(Verdict("ceiling: `select 1` p99", "-", f"{sel.p99_ms:.3f} ms", None, True))
+    return out
 
 
 def verdicts(cells: list[Cell]) -> list[Verdict]:
     look = Lookup(cells)
     n = TARGET_CLIENTS
-    out: list[Verdict] = []
+    out: list[Verdict] = ceilings(look)
     for algorithm in ALGORITHMS:
         for keys, want, label in (
             (DISTINCT, TARGET_DISTINCT_VS_REDIS, "distinct keys: fastest mode vs Redis"),
@@ -495,7 +621,7 @@ def storage_table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def limits_paragraph(cells: list[Cell]) -> str:
+def limits_paragraph(cells: list[Cell], cpu: list[CpuRow]) -> str:
     """What limits each figure, with this run's numbers."""
     look = Lookup(cells)
     n = TARGET_CLIENTS
@@ -510,42 +636,73 @@ def limits_paragraph(cells: list[Cell]) -> str:
 
     fw_logged = pgshield_name("fixed_window", "logged")
     fw_unlogged = pgshield_name("fixed_window", "unlogged")
+    fw_denied = pgshield_name("fixed_window", "logged", denied=True)
     has_redis = look.get(REDIS, DISTINCT, n) is not None
-    parts = [
-        f"**What limits it** (figures at {n} clients). "
+    bullets = [
         f"*The round trip:* `select 1` does {ops(SELECT_1, NO_KEY)}; every decision pays at "
         "least that (protocol, one backend process per connection, a transaction), and on 2 "
         "cores the clients share the CPUs with the server, so every row at 8 and 32 clients "
-        "is CPU-bound. ",
+        "is CPU-bound. " + ceiling_sentence(look),
         "*The commit flush (logged):* a logged write waits at commit until its WAL is on disk; "
         f"the bare logged upsert does {ops(UPSERT, DISTINCT)} with group commit and the logged "
         f"limiter {ops(fw_logged, DISTINCT)} (fixed_window): its extra CPU per decision leaves "
-        "fewer commits to share each flush. ",
+        "fewer commits to share each flush.",
         "*The function (unlogged):* without WAL the bare upsert does "
         f"{ops(UPSERT_UNLOGGED, DISTINCT)} and the unlogged limiter {ops(fw_unlogged, DISTINCT)}; "
         "the gap is the PL/pgSQL call itself (argument checks, the clock read through "
         "`pgshield.now()`, the window arithmetic, the upsert with its conditions, the decision "
-        "counter's `nextval`). ",
+        "counter's `nextval`). " + cpu_sentence(cpu),
         "*The row lock (hot key):* every decision on one key takes the same row lock and holds "
         "it until commit, so decisions are serialised: unlogged fixed_window does "
         f"{ops(fw_unlogged, HOT)}; logged it also holds the lock across the commit flush "
-        f"({ops(fw_logged, HOT)}), and 32 clients mostly queue. The denied rows write nothing "
-        "and still take the lock to read the row they are refused on. ",
+        f"({ops(fw_logged, HOT)}), and 32 clients mostly queue. A denied call changes no row "
+        "but still locks the one it is refused on, and a row lock is written: in logged mode "
+        f"the denials too wait for a commit flush ({ops(fw_denied, HOT)} for fixed_window).",
     ]
     if has_redis:
-        parts.append(
+        bullets.append(
             f"*Redis* ({ops(REDIS, DISTINCT)} distinct, {ops(REDIS, HOT)} hot) runs the script "
             "in memory in one event loop with no transaction, no lock and nothing persisted, "
-            "so a hot key costs it nothing extra. "
+            "so a hot key costs it nothing extra."
         )
-    parts.append(
+    bullets += [
         f"*The tail:* p99 at {n} clients is set by the scheduler more than by the work: "
         f"`select 1` itself has a p99 of {p99(SELECT_1, NO_KEY)} here, with 8 server "
-        "processes and the client's threads on 2 cores. "
+        "processes and the client's threads on 2 cores.",
         "*The naive limiter* pays four round trips per decision and still over-admits under "
-        "concurrency: its read takes no lock, so two clients can both see room for one."
+        "concurrency: its read takes no lock, so two clients can both see room for one.",
+    ]
+    head = f"**What limits it** (figures at {n} clients):\n\n"
+    return head + "\n".join(f"- {b.strip()}" for b in bullets)
+
+
+def cpu_sentence(cpu: list[CpuRow]) -> str:
+    """The function's own cost, from the CPU table (robust to other load)."""
+    by = {(r.name, r.keys): r.us_per_call for r in cpu}
+    upsert = by.get((UPSERT_UNLOGGED, DISTINCT))
+    mine = [by.get((pgshield_name(a, "unlogged"), DISTINCT)) for a in ALGORITHMS]
+    if upsert is None or any(v is None for v in mine):
+        return ""
+    low, high = min(v for v in mine if v), max(v for v in mine if v)
+    return (
+        f"In server CPU the unlogged limiter spends {low:.0f} to {high:.0f} us per decision "
+        f"against {upsert:.0f} us for the bare unlogged upsert (table above); "
+        "PL/pgSQL prepares each expression it evaluates again in every transaction, so a "
+        "function called once per transaction pays for every assignment and test on its path. "
     )
-    return "".join(parts)
+
+
+def ceiling_sentence(look: Lookup) -> str:
+    """Say so when a target is out of reach of the floor itself."""
+    n = TARGET_CLIENTS
+    value = ratio(look.get(SELECT_1, NO_KEY, n), look.get(REDIS, DISTINCT, n))
+    if value is None or value >= TARGET_DISTINCT_VS_REDIS:
+        return ""
+    return (
+        f"Here `select 1` reaches {value:.2f}x Redis: the {TARGET_DISTINCT_VS_REDIS}x target on "
+        "distinct keys is out of reach of any Postgres round trip on this machine, whatever the "
+        "function does. "
+    )
 
 
 def spread_line(cells: list[Cell]) -> str:
@@ -596,7 +753,7 @@ def method(settings: dict[str, str], has_redis: bool) -> str:
     return "\n".join(lines)
 
 
-def render(cells: list[Cell], settings: dict[str, str], elapsed: float) -> str:
+def render(cells: list[Cell], cpu: list[CpuRow], settings: dict[str, str], elapsed: float) -> str:
     cells = ordered(cells)
     has_redis = any(c.result.name == REDIS for c in cells)
     return "\n\n".join(
@@ -611,7 +768,10 @@ def render(cells: list[Cell], settings: dict[str, str], elapsed: float) -> str:
             verdict_table(verdicts(cells)),
             "### Storage mode",
             storage_table(cells),
-            limits_paragraph(cells),
+            "### Server CPU per decision" if cpu else "",
+            CPU_NOTE if cpu else "",
+            cpu_table(cpu) if cpu else "",
+            limits_paragraph(cells, cpu),
             f"_Whole rate limiting benchmark: {elapsed:.0f} s._",
         ]
         if part
@@ -639,7 +799,8 @@ def main() -> None:
 
     with bench_cluster(durable=True) as (_cluster, dsn), redis_server() as redis_port:
         cells, settings = run_all(dsn, redis_port, progress)
-    text = render(cells, settings, time.monotonic() - started)
+        cpu = cpu_rows(dsn, progress)
+    text = render(cells, cpu, settings, time.monotonic() - started)
     print(text)
     write_section(text)
 

@@ -62,7 +62,9 @@ def pgbench(
     with tempfile.TemporaryDirectory(prefix="pgshield-pgbench-") as tmp:
         os.chmod(tmp, 0o777)
         script_path = Path(tmp) / "script.sql"
-        script_path.write_text(script)
+        # A trailing meta-command makes pgbench time the whole transaction: without it, very
+        # fast transactions are logged with a latency of 0 us.
+        script_path.write_text(script.rstrip("\n") + "\n\\set pgshield_timed 1\n")
         args = [
             pgbench_bin,
             "-n",
