@@ -77,7 +77,6 @@ def key_expr(keys: str, prefix: str, hot_key: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- workloads ----
 
 
-
 def upsert_script(keys: str, table: str) -> str:
     pre, key = key_expr(keys, "k", "hot")
     return (
