@@ -458,8 +458,10 @@ revoke all on function pgshield.rate_limit_result_of(pgshield.rate_limit_eval, b
 -- Consumes p_cost from key p_key if it fits in p_limit per p_window_seconds,
 -- atomically: one insert ... on conflict do update ... where <fits>. A denied
 -- request changes no row (the conflicting row is only locked, then read).
--- This is the hot path: the arithmetic of the update and of the allowed
--- answer is written out here; pgshield.rate_limit_evaluate() is the reference
+-- This is the hot path: PL/pgSQL pays for every statement and expression it
+-- evaluates, so an allowed decision is one argument test, one clock reading,
+-- one upsert that does the window arithmetic and returns the answer (and
+-- counts it), and a return. pgshield.rate_limit_evaluate() is the reference
 -- (denials, peeks) and the tests hold the two together.
 -- Callers: service_role (whoever calls it picks the limit).
 -- Errors: 22023 bad key, limit, window, cost or algorithm.
@@ -474,45 +476,52 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_epoch constant timestamptz := timestamptz '1970-01-01 00:00:00+00';
+  v_now timestamptz;
   v_now_us bigint;
   v_w bigint;
-  v_start bigint;
+  v_elapsed bigint;
   v_start_ts timestamptz;
   v_prev_ts timestamptz;
-  v_elapsed bigint;
   v_t numeric;
-  v_inc numeric;
+  v_res public.rate_limit_result;
   v_row record;
   v_e pgshield.rate_limit_eval;
   v_seq bigint;
 begin
-  if p_key is null or length(p_key) not between 1 and 256 then
-    raise exception using errcode = '22023', message = 'p_key must be 1 to 256 characters';
-  end if;
-  if p_limit is null or p_limit < 1 then
-    raise exception using errcode = '22023', message = 'p_limit must be a positive integer';
-  end if;
-  if p_window_seconds is null or p_window_seconds not between 1 and 2678400 then
+  -- One test for every argument; which one is wrong is worked out only on
+  -- the slow path, in the order the parameters are declared.
+  if (length(p_key) between 1 and 256 and p_limit >= 1 and p_window_seconds between 1 and 2678400
+      and p_cost >= 1 and p_algorithm in ('fixed_window', 'sliding_window', 'token_bucket')) is not true then
+    if p_key is null or length(p_key) not between 1 and 256 then
+      raise exception using errcode = '22023', message = 'p_key must be 1 to 256 characters';
+    end if;
+    if p_limit is null or p_limit < 1 then
+      raise exception using errcode = '22023', message = 'p_limit must be a positive integer';
+    end if;
+    if p_window_seconds is null or p_window_seconds not between 1 and 2678400 then
+      raise exception using errcode = '22023',
+        message = 'p_window_seconds must be between 1 and 2678400 (31 days)';
+    end if;
+    if p_cost is null or p_cost < 1 then
+      raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+    end if;
     raise exception using errcode = '22023',
-      message = 'p_window_seconds must be between 1 and 2678400 (31 days)';
-  end if;
-  if p_cost is null or p_cost < 1 then
-    raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+      message = 'p_algorithm must be fixed_window, sliding_window or token_bucket',
+      hint = format('got %L', p_algorithm);
   end if;
 
-  v_now_us := (extract(epoch from pgshield.now()) * 1000000)::bigint;
-  v_w := p_window_seconds::bigint * 1000000;
+  -- The one clock reading of this decision. For fixed_window (the common
+  -- case, tested first) the upsert itself does the window arithmetic.
+  v_now := pgshield.now();
 
-  if p_cost > p_limit then
-    null;  -- can never fit: answered below without touching the row
-  elsif p_algorithm = 'fixed_window' then
-    v_start := v_now_us - ((v_now_us % v_w) + v_w) % v_w;
-    v_start_ts := v_epoch + v_start * interval '1 microsecond';
+  if p_algorithm = 'fixed_window' and p_cost <= p_limit then
     insert into pgshield.rate_limit_state as s
       (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'fixed_window', p_limit, v_start_ts, p_cost, 0, null,
-            v_start_ts + v_w * interval '1 microsecond')
+    values (p_key, '', p_window_seconds, 'fixed_window', p_limit,
+            date_bin(p_window_seconds * interval '1 second', v_now, timestamptz '1970-01-01 00:00:00+00'),
+            p_cost, 0, null,
+            date_bin(p_window_seconds * interval '1 second', v_now, timestamptz '1970-01-01 00:00:00+00')
+            + p_window_seconds * interval '1 second')
     on conflict (key, policy, window_seconds) do update
        set algorithm = excluded.algorithm,
            limit_value = excluded.limit_value,
@@ -527,17 +536,25 @@ begin
            + case when s.algorithm = excluded.algorithm
                    and s.window_start = excluded.window_start then s.count else 0 end
            <= excluded.limit_value
-    returning s.count, s.expires_at into v_row;
+    -- RETURNING runs only for a row that was written, i.e. an allowed
+    -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
+    -- hands back the finished result. Same in the two branches below.
+    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
     if found then
-      v_seq := nextval('pgshield.rate_limit_direct_allowed'::regclass);
-      return row(true, p_limit, greatest(p_limit - v_row.count, 0), v_row.expires_at, 0,
-                 p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+      return v_res;
     end if;
+  end if;
+  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+  if p_algorithm = 'fixed_window' or p_cost > p_limit then
+    null;  -- denied, or can never fit: answered below without touching the row
   elsif p_algorithm = 'sliding_window' then
-    v_start := v_now_us - ((v_now_us % v_w) + v_w) % v_w;
-    v_start_ts := v_epoch + v_start * interval '1 microsecond';
-    v_prev_ts := v_epoch + (v_start - v_w) * interval '1 microsecond';
-    v_elapsed := v_now_us - v_start;
+    v_w := p_window_seconds::bigint * 1000000;
+    v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
+    v_start_ts := v_now - v_elapsed * interval '1 microsecond';
+    v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
     insert into pgshield.rate_limit_state as s
       (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
     values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
@@ -564,53 +581,48 @@ begin
                       and s.window_start = excluded.window_start then s.count else 0 end
              )::numeric * v_w
            <= excluded.limit_value::numeric * v_w
-    returning s.count, s.prev_count, s.expires_at into v_row;
+    returning true, p_limit,
+              least(greatest(div(p_limit::numeric * v_w - s.prev_count::numeric * (v_w - v_elapsed)
+                                 - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
+              s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
     if found then
-      v_seq := nextval('pgshield.rate_limit_direct_allowed'::regclass);
-      return row(true, p_limit,
-                 least(greatest(div(p_limit::numeric * v_w - v_row.prev_count::numeric * (v_w - v_elapsed)
-                                    - v_row.count::numeric * v_w, v_w), 0), p_limit),
-                 v_row.expires_at, 0,
-                 p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+      return v_res;
     end if;
-  elsif p_algorithm = 'token_bucket' then
+  else
+    -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
+    v_w := p_window_seconds::bigint * 1000000;
     v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
-    v_inc := p_cost * v_t;
     insert into pgshield.rate_limit_state as s
       (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, null, 0, 0, v_now_us + v_inc,
-            v_epoch + ceil(v_now_us + v_inc) * interval '1 microsecond')
+    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, null, 0, 0, v_now_us + p_cost * v_t,
+            timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
     on conflict (key, policy, window_seconds) do update
        set algorithm = excluded.algorithm,
            limit_value = excluded.limit_value,
            window_start = null,
            count = 0,
            prev_count = 0,
-           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + v_inc,
-           expires_at = v_epoch + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                                                v_now_us) + v_inc) * interval '1 microsecond'
-     where greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + v_inc
+           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + p_cost * v_t,
+           expires_at = timestamptz '1970-01-01 00:00:00+00'
+                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us)
+                               + p_cost * v_t) * interval '1 microsecond'
+     where greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + p_cost * v_t
            - v_now_us <= v_w
-    returning s.tat, s.expires_at into v_row;
+    returning true, p_limit, least(greatest(div(v_now_us + v_w - s.tat, v_t), 0), p_limit)::integer,
+              s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
     if found then
-      v_seq := nextval('pgshield.rate_limit_direct_allowed'::regclass);
-      return row(true, p_limit, least(greatest(div(v_now_us + v_w - v_row.tat, v_t), 0), p_limit),
-                 v_row.expires_at, 0,
-                 p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+      return v_res;
     end if;
-  else
-    raise exception using errcode = '22023',
-      message = 'p_algorithm must be fixed_window, sliding_window or token_bucket',
-      hint = format('got %L', p_algorithm);
   end if;
 
   -- Denied: read the state it was refused on (locked by the upsert above, or
   -- not locked at all when the cost can never fit) and explain.
-  if p_algorithm is null or p_algorithm not in ('fixed_window', 'sliding_window', 'token_bucket') then
-    raise exception using errcode = '22023',
-      message = 'p_algorithm must be fixed_window, sliding_window or token_bucket',
-      hint = format('got %L', p_algorithm);
-  end if;
   select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
     from pgshield.rate_limit_state s
    where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
