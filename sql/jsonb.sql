@@ -9,6 +9,11 @@
 --
 -- Limits: a patch may nest objects at most 32 levels deep (objects inside arrays
 -- are values and do not count); p_path has at most 32 elements.
+--
+-- Speed: registering a target regenerates pgshield.jsonb_merge_fast, which
+-- holds one static update per registered target (Postgres plans static SQL
+-- once per session, dynamic SQL on every call); merge_jsonb calls it, and runs
+-- the same statement as dynamic SQL only for a table it has no branch for.
 -- Applied after core, inside the migration's transaction.
 -- =============================================================================
 
@@ -23,7 +28,7 @@ set local statement_timeout = '60s';
 -- (one `-` for all removed keys, one `||` for all set keys), never once per key.
 -- A patch without nested objects or nulls (the common case) is a single `||`.
 -- p_level is the nesting level of p_patch (1 = the patch itself).
--- Callers: jsonb_merge_patch, and merge_jsonb's update (granted like
+-- Callers: jsonb_merge_patch, jsonb_merge_patch_at (granted like
 -- jsonb_merge_patch; pure).
 -- Errors: 22023 when p_patch nests objects deeper than 32 levels.
 create or replace function pgshield.jsonb_merge_patch_level(
@@ -121,9 +126,18 @@ returns jsonb
 language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_doc jsonb;
 begin
   if p_patch is null then
     return p_target;
+  end if;
+  -- The common case without a second call: an object patch with no object or
+  -- null member is one `||` (see jsonb_merge_patch_level).
+  if jsonb_typeof(p_patch) = 'object'
+     and not jsonb_path_exists(p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")') then
+    v_doc := p_target || p_patch;
+    return case when jsonb_typeof(v_doc) = 'object' then v_doc else p_patch end;
   end if;
   return pgshield.jsonb_merge_patch_level(p_target, p_patch, 1);
 end
@@ -138,7 +152,7 @@ grant execute on function pgshield.jsonb_merge_patch(jsonb, jsonb)
 -- becomes jsonb_merge_patch(value, p_patch) (so a JSON null p_patch stores
 -- JSON null; to delete a key, patch its parent with {"key": null}). Missing
 -- objects along the path are created; SQL NULL p_target counts as {}.
--- Callers: merge_jsonb, merge_jsonb_if (inside their update).
+-- Callers: the merge statement (jsonb_merge_statement), inside its update.
 -- Errors: 22023 when the document or a value on the path (before the last
 -- element) exists and is not an object; 22023 for a too deep p_patch.
 create or replace function pgshield.jsonb_merge_patch_at(
@@ -194,11 +208,17 @@ grant execute on function pgshield.jsonb_merge_patch_at(jsonb, text[], jsonb)
 -- The version of a document for optimistic merges: the md5 of its jsonb text
 -- form (hex, 32 characters). jsonb prints one canonical text per value, so
 -- equal documents have equal hashes. SQL NULL hashes like {} (both merge alike).
+-- PL/pgSQL rather than SQL: with its pinned search_path a SQL function is never
+-- inlined, and a call from inside an update would be planned on every call.
 -- Callers: authenticated, service_role. Errors: none.
 create or replace function pgshield.jsonb_hash(p_doc jsonb) returns text
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select md5(coalesce(p_doc, '{}'::jsonb)::text) $$;
+as $$
+begin
+  return md5(coalesce(p_doc, '{}'::jsonb)::text);
+end
+$$;
 
 revoke all on function pgshield.jsonb_hash(jsonb)
   from public, anon, authenticated, service_role;
@@ -206,10 +226,13 @@ grant execute on function pgshield.jsonb_hash(jsonb) to authenticated, service_r
 
 -- --------------------------------------------------------------- registry ----
 -- One row per table that merge_jsonb may write: which jsonb column, and which
--- unique column identifies a row. API roles never read the table; merge_jsonb
--- resolves a name through jsonb_target_of (security definer). The table is
--- stored by oid (renames keep working); columns and operators by name, so a
--- dump and restore keeps it valid.
+-- unique column identifies a row. The table is stored by oid (renames keep
+-- working); columns and operators by name, so a dump and restore keeps it valid.
+--
+-- Readable by authenticated and service_role: merge_jsonb runs with the
+-- caller's rights and reads it directly (its content is table and column
+-- names, which PostgREST already publishes in its OpenAPI schema). Written only
+-- by register/unregister_jsonb_target (security definer: service_role, owner).
 
 create table if not exists pgshield.jsonb_target (
   relation regclass primary key,
@@ -228,6 +251,9 @@ comment on table pgshield.jsonb_target is
   'Tables whose jsonb column merge_jsonb may write (one column per table).';
 alter table pgshield.jsonb_target enable row level security;
 revoke all on table pgshield.jsonb_target from public, anon, authenticated, service_role;
+grant select on table pgshield.jsonb_target to authenticated, service_role;
+create policy jsonb_target_read on pgshield.jsonb_target
+  for select to authenticated, service_role using (true);
 
 -- Checks a target against the catalog as it is now and returns what an update
 -- needs: the key's cast type and equality operator come from the key's unique
@@ -321,10 +347,149 @@ $$;
 revoke all on function pgshield.jsonb_target_check(regclass, name, name)
   from public, anon, authenticated, service_role;
 
+-- ------------------------------------------------------ merge statement ----
+-- merge_jsonb and merge_jsonb_if write with one update per call, built here
+-- and used in two ways: compiled into pgshield.jsonb_merge_fast, which holds
+-- one static update per registered target (Postgres plans static SQL once per
+-- session), and run as dynamic SQL by jsonb_merge_dynamic (planned on every
+-- call) when the fast path has no statement for the table. One builder, so
+-- both behave alike (20_jsonb_fast_path.sql runs the same merges through each).
+
+-- The update for a target. Its parameters: $1 p_id (cast to the key's type,
+-- compared with the key index's equality), $2 p_patch, $3 p_path, $4 the
+-- expected jsonb_hash of the whole document (null: no check). The new value is
+-- jsonb_merge_patch_at(doc, p_path, p_patch). With p_inline (for the static
+-- SQL of the fast path) the common cases need no function call, so no per-call
+-- setup: an object patch with no object or null member, at the root or one key
+-- deep, into an object (or SQL NULL) document, is `doc || patch` at the root
+-- and `doc || {key: leaf || patch}` one key deep (`patch` itself when the leaf
+-- is not an object). Without it (dynamic SQL, parsed and planned per call)
+-- the shorter text is cheaper. It returns the new document, and no row when
+-- the key matches none (or row-level security hides it).
+-- Identifiers only through %I and regclass/regtype output; the operator name
+-- is operator characters only (a check on the registry).
+-- Callers: jsonb_merge_fast_rebuild, jsonb_merge_dynamic. Errors: none.
+create or replace function pgshield.jsonb_merge_statement(
+  p_target pgshield.jsonb_target, p_inline boolean
+) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return format(
+    'update %1$s as t set %2$I = %7$s'
+    ' where t.%3$I operator(%4$I.%5$s) $1::%6$s'
+    ' and ($4 is null or pgshield.jsonb_hash(t.%2$I) = $4)'
+    ' returning t.%2$I',
+    p_target.relation, p_target.column_name, p_target.key_column,
+    p_target.key_operator_schema, p_target.key_operator, p_target.key_type,
+    case when p_inline then format(
+      'case'
+      ' when cardinality($3) <= 1 and jsonb_typeof($2) = ''object'''
+      ' and not jsonb_path_exists($2, ''strict $.* ? (@.type() == "object" || @.type() == "null")'')'
+      ' and (t.%1$I is null or jsonb_typeof(t.%1$I) = ''object'')'
+      ' then coalesce(t.%1$I, ''{}'') || case when cardinality($3) = 0 then $2'
+      ' else jsonb_build_object($3[1], case when jsonb_typeof(t.%1$I -> $3[1]) = ''object'''
+      ' then (t.%1$I -> $3[1]) || $2 else $2 end) end'
+      ' else pgshield.jsonb_merge_patch_at(t.%1$I, $3, $2) end',
+      p_target.column_name)
+    else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', p_target.column_name)
+    end);
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_statement(pgshield.jsonb_target, boolean)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_statement(pgshield.jsonb_target, boolean)
+  to authenticated, service_role;
+
+-- (Re)generates the fast path from the registry:
+--   pgshield.jsonb_merge_fast(p_id text, p_patch jsonb, p_path text[],
+--                             p_expected_hash text, p_table text) returns jsonb
+-- security invoker, executable by authenticated and service_role. Its body has,
+-- for each registered target whose catalog still fits, one branch
+--   if p_table in ('<schema>.<table>'[, '<table>' when in public])
+--      and to_regclass('<schema>.<table>') = <registered oid> then
+--     <jsonb_merge_statement> into v_doc;
+-- and it returns the new document, or null when no branch applies or no row
+-- matched (callers then use jsonb_merge_dynamic). So the fast path takes
+-- p_table spelled as the catalog spells it, with no parsing; other spellings
+-- ('Assessments', '"public"."assessments"') resolve in jsonb_merge_dynamic. A
+-- table dropped and created again, renamed, or restored from a dump (new
+-- oids) takes the dynamic path until the next rebuild.
+-- Why one generated function and not one per target: reaching a per-target
+-- function needs a dynamic call (parsed and planned on every call), which
+-- costs about as much as the planning the static SQL saves.
+-- Called by register/unregister_jsonb_target, and once below.
+-- Callers: the owner. Errors: none.
+create or replace function pgshield.jsonb_merge_fast_rebuild()
+returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_target pgshield.jsonb_target;
+  v_spellings text;
+  v_branches text := '';
+begin
+  for v_target in
+    select t.*
+      from pgshield.jsonb_target t
+     cross join lateral pgshield.jsonb_target_check(t.relation, t.column_name, t.key_column) c
+     where c.problem is null
+     order by t.relation::oid
+  loop
+    -- The relation's text is schema.table, quoted where needed (the search
+    -- path here is pinned); a table in public may also be named alone.
+    select quote_literal(v_target.relation::text)
+           || case when n.nspname = 'public'
+                   then ', ' || quote_literal(quote_ident(c.relname)) else '' end
+      into v_spellings
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = v_target.relation;
+    v_branches := v_branches || format(
+      E'  %s p_table in (%s) and to_regclass(%L) = %s::oid then\n    %s\n      into v_doc;\n',
+      case when v_branches = '' then 'if' else 'elsif' end,
+      v_spellings, v_target.relation::text, v_target.relation::oid,
+      pgshield.jsonb_merge_statement(v_target, true));
+  end loop;
+  if v_branches <> '' then
+    v_branches := v_branches || E'  end if;\n';
+  end if;
+
+  execute format(
+    'create or replace function pgshield.jsonb_merge_fast('
+    'p_id text, p_patch jsonb, p_path text[], p_expected_hash text, p_table text)'
+    ' returns jsonb language plpgsql volatile security invoker'
+    ' set search_path = pg_catalog, pg_temp as %L',
+    E'\n-- Generated by pgshield.jsonb_merge_fast_rebuild() from pgshield.jsonb_target.\n'
+    || E'declare\n  v_doc jsonb;\nbegin\n' || v_branches || E'  return v_doc;\nend\n');
+  revoke all on function pgshield.jsonb_merge_fast(text, jsonb, text[], text, text)
+    from public, anon, authenticated, service_role;
+  grant execute on function pgshield.jsonb_merge_fast(text, jsonb, text[], text, text)
+    to authenticated, service_role;
+  comment on function pgshield.jsonb_merge_fast(text, jsonb, text[], text, text) is
+    'merge_jsonb''s fast path: one static update per registered target'
+    ' (generated by pgshield.jsonb_merge_fast_rebuild()).';
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_fast_rebuild()
+  from public, anon, authenticated, service_role;
+
+-- The fast path as the registry holds it now (on a new install: no branches;
+-- applied again: the registered targets keep theirs).
+select pgshield.jsonb_merge_fast_rebuild();
+
+-- -------------------------------------------------------- registration ----
+
 -- Registers p_column of p_table as a merge target keyed by p_key_column (a
--- column with a primary key or unique index of its own). Registering the same
--- target again only refreshes the key's cast type and equality operator (do
--- it after changing the key's type or index); returns true when it was new.
+-- column with a primary key or unique index of its own) and adds it to the
+-- fast path (jsonb_merge_fast_rebuild). Registering the same target again
+-- refreshes the key's cast type and equality operator and the fast path (do
+-- it after changing the key's type or index, renaming the table, or restoring
+-- a dump); returns true when it was new. Registrations run one at a time (a
+-- lock on the registry that merges do not wait for).
 -- Callers: service_role and the owner (migrations).
 -- Errors: 22023 bad table/column/key; 23505 when p_table is already registered
 -- with another column or key; 42501 for any other caller.
@@ -337,6 +502,7 @@ as $$
 declare
   v_check record;
   v_old pgshield.jsonb_target;
+  v_new boolean := false;
 begin
   if not pgshield.caller_is_trusted() then
     raise exception using
@@ -358,31 +524,33 @@ begin
       hint = 'p_column must be a jsonb column; p_key_column must have a primary key or unique index of its own.';
   end if;
 
-  select * into v_old from pgshield.jsonb_target t where t.relation = p_table for update;
+  -- One registration at a time, so that each rebuild sees all the others.
+  lock table pgshield.jsonb_target in share row exclusive mode;
+  select * into v_old from pgshield.jsonb_target t where t.relation = p_table;
   if found then
-    if v_old.column_name = p_column and v_old.key_column = p_key_column then
-      -- Same target: refresh what was derived from the key's index.
-      update pgshield.jsonb_target as t
-         set key_type = v_check.key_type,
-             key_operator_schema = v_check.key_operator_schema,
-             key_operator = v_check.key_operator
-       where t.relation = p_table;
-      return false;
+    if v_old.column_name <> p_column or v_old.key_column <> p_key_column then
+      raise exception using
+        errcode = '23505',
+        message = format('%s is already registered with column %I keyed by %I',
+                         p_table, v_old.column_name, v_old.key_column),
+        hint = 'Call pgshield.unregister_jsonb_target first; a table has one merge target.';
     end if;
-    raise exception using
-      errcode = '23505',
-      message = format('%s is already registered with column %I keyed by %I',
-                       p_table, v_old.column_name, v_old.key_column),
-      hint = 'Call pgshield.unregister_jsonb_target first; a table has one merge target.';
+    -- Same target: refresh what was derived from the key's index.
+    update pgshield.jsonb_target as t
+       set key_type = v_check.key_type,
+           key_operator_schema = v_check.key_operator_schema,
+           key_operator = v_check.key_operator
+     where t.relation = p_table;
+  else
+    insert into pgshield.jsonb_target as t
+      (relation, column_name, key_column, key_type, key_operator_schema, key_operator,
+       registered_at)
+    values (p_table, p_column, p_key_column, v_check.key_type, v_check.key_operator_schema,
+            v_check.key_operator, pgshield.now());
+    v_new := true;
   end if;
-
-  insert into pgshield.jsonb_target as t
-    (relation, column_name, key_column, key_type, key_operator_schema, key_operator,
-     registered_at)
-  values (p_table, p_column, p_key_column, v_check.key_type, v_check.key_operator_schema,
-          v_check.key_operator, pgshield.now())
-  on conflict (relation) do nothing;
-  return found;
+  perform pgshield.jsonb_merge_fast_rebuild();
+  return v_new;
 end
 $$;
 
@@ -391,7 +559,8 @@ revoke all on function pgshield.register_jsonb_target(regclass, name, name)
 grant execute on function pgshield.register_jsonb_target(regclass, name, name)
   to service_role;
 
--- Removes p_table from the merge targets; returns whether it was registered.
+-- Removes p_table from the merge targets (and from the fast path); returns
+-- whether it was registered.
 -- Callers: service_role and the owner. Errors: 22023 null p_table; 42501.
 create or replace function pgshield.unregister_jsonb_target(p_table regclass)
 returns boolean
@@ -407,8 +576,13 @@ begin
   if p_table is null then
     raise exception using errcode = '22023', message = 'p_table must not be null';
   end if;
+  lock table pgshield.jsonb_target in share row exclusive mode;
   delete from pgshield.jsonb_target t where t.relation = p_table;
-  return found;
+  if not found then
+    return false;
+  end if;
+  perform pgshield.jsonb_merge_fast_rebuild();
+  return true;
 end
 $$;
 
@@ -450,57 +624,41 @@ revoke all on function pgshield.list_jsonb_targets()
   from public, anon, authenticated, service_role;
 grant execute on function pgshield.list_jsonb_targets() to service_role;
 
+-- ------------------------------------------------------------ RPC helpers ----
+
 -- Resolves p_table ('table' = public.table, or 'schema.table'; identifier
 -- rules: unquoted names fold to lower case, "Quoted" ones keep theirs) to a
--- registered target. p_table is only ever compared with catalog names,
--- never turned into SQL: anything that is not a well-formed name is simply not
--- registered. Security definer so that callers need no access to the registry.
--- Callers: authenticated, service_role (through merge_jsonb / merge_jsonb_if).
--- Errors: 22023 when p_table is not registered.
-create or replace function pgshield.jsonb_target_of(
-  p_table text,
-  out relation regclass, out column_name name, out key_column name,
-  out key_type regtype, out key_operator_schema name, out key_operator name
-) returns record
-language plpgsql stable security definer
+-- table, or null. p_table is only ever compared with catalog names, never
+-- turned into SQL: it is parsed only when it has the shape of a (qualified)
+-- identifier (so parse_ident never raises), then resolved through the
+-- relation cache (quoted and qualified: no search_path involved).
+-- Callers: jsonb_merge_dynamic. Errors: none.
+create or replace function pgshield.jsonb_relation_of(p_table text)
+returns regclass
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  -- One statement: p_table is parsed only when it has the shape of a
-  -- (qualified) identifier (so parse_ident never raises), resolved through the
-  -- relation cache (quoted and qualified: no search_path involved), and the
-  -- registry row is found by its primary key.
-  select t.relation, t.column_name, t.key_column,
-         t.key_type, t.key_operator_schema, t.key_operator
-    into relation, column_name, key_column, key_type, key_operator_schema, key_operator
-    from pgshield.jsonb_target t
-   where t.relation = to_regclass(
-           case
-             when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
-                             '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
-             then format('%I.%I',
-                         -- 'table' alone: element 0 does not exist, so public
-                         coalesce((parse_ident(p_table))[cardinality(parse_ident(p_table)) - 1],
-                                  'public'),
-                         (parse_ident(p_table))[cardinality(parse_ident(p_table))])
-           end);
-  if relation is null then
-    raise exception using
-      errcode = '22023',
-      message = format('p_table %s is not a registered jsonb target',
-                       coalesce(quote_literal(left(p_table, 200)), 'null')),
-      hint = 'Register it with pgshield.register_jsonb_target(table, column, key_column); a name without a schema means public.';
-  end if;
+  return to_regclass(
+    case
+      when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
+                      '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
+      then format('%I.%I',
+                  -- 'table' alone: element 0 does not exist, so public
+                  coalesce((parse_ident(p_table))[cardinality(parse_ident(p_table)) - 1], 'public'),
+                  (parse_ident(p_table))[cardinality(parse_ident(p_table))])
+    end);
 end
 $$;
 
-revoke all on function pgshield.jsonb_target_of(text)
+revoke all on function pgshield.jsonb_relation_of(text)
   from public, anon, authenticated, service_role;
-grant execute on function pgshield.jsonb_target_of(text) to authenticated, service_role;
+grant execute on function pgshield.jsonb_relation_of(text) to authenticated, service_role;
 
 -- Raises the exact error for bad arguments of merge_jsonb / merge_jsonb_if
--- (they call it only when their one-line check fails, to keep the hot path
--- short). Callers: merge_jsonb, merge_jsonb_if. Errors: 22023 naming the parameter.
+-- (they call it only when their one-line check fails, so it costs nothing on
+-- the hot path). Callers: merge_jsonb, merge_jsonb_if.
+-- Errors: 22023 naming the parameter.
 create or replace function pgshield.jsonb_merge_check_args(
   p_id text, p_patch jsonb, p_path text[]
 ) returns void
@@ -541,12 +699,83 @@ revoke all on function pgshield.jsonb_merge_check_args(text, jsonb, text[])
 grant execute on function pgshield.jsonb_merge_check_args(text, jsonb, text[])
   to authenticated, service_role;
 
+-- The merge without the fast path, and the errors: resolves p_table, reads the
+-- registry (as the caller), runs jsonb_merge_statement as dynamic SQL, and
+-- when no row matched tells apart PT404 (no such row, or hidden) from PT409
+-- (p_expected_hash, if given, no longer matches). Runs with the caller's rights.
+-- Callers: merge_jsonb, merge_jsonb_if (when jsonb_merge_fast returned null).
+-- Errors: 22023 when p_table is not a registered target; PT404;
+-- PT409; and those of the update (22P02, 42501, 40001, 22023 from the merge).
+create or replace function pgshield.jsonb_merge_dynamic(
+  p_table text, p_id text, p_patch jsonb, p_path text[], p_expected_hash text
+) returns jsonb
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_t pgshield.jsonb_target;
+  v_doc jsonb;
+  v_rows bigint;
+  v_current text;
+begin
+  select * into v_t from pgshield.jsonb_target t
+   where t.relation = pgshield.jsonb_relation_of(p_table);
+  if not found then
+    raise exception using
+      errcode = '22023',
+      message = format('p_table %s is not a registered jsonb target',
+                       coalesce(quote_literal(left(p_table, 200)), 'null')),
+      hint = 'Register it with pgshield.register_jsonb_target(table, column, key_column); a name without a schema means public.';
+  end if;
+
+  execute pgshield.jsonb_merge_statement(v_t, false)
+    into v_doc
+    using p_id, p_patch, p_path, p_expected_hash;
+  if v_doc is not null then  -- a merge never stores SQL NULL
+    return v_doc;
+  end if;
+
+  if p_expected_hash is not null then
+    execute format('select pgshield.jsonb_hash(t.%I) from %s as t where t.%I operator(%I.%s) $1::%s',
+                   v_t.column_name, v_t.relation, v_t.key_column,
+                   v_t.key_operator_schema, v_t.key_operator, v_t.key_type)
+      into v_current
+      using p_id;
+    get diagnostics v_rows = row_count;
+    -- Seen with the expected hash but not updated: row-level security lets the
+    -- caller read the row but not update it (PT404 below).
+    if v_rows > 0 and v_current <> p_expected_hash then
+      raise exception using
+        errcode = 'PT409',
+        message = format('the document of %s %I = %s changed since hash %s',
+                         v_t.relation, v_t.key_column, quote_literal(left(p_id, 200)),
+                         p_expected_hash),
+        detail = 'current hash: ' || v_current,
+        hint = 'Read the document again, rebuild the patch, and retry with the new hash.';
+    end if;
+  end if;
+  raise exception using
+    errcode = 'PT404',
+    message = format('no row of %s has %I = %s', v_t.relation, v_t.key_column,
+                     quote_literal(left(p_id, 200))),
+    hint = 'The row does not exist, or row-level security hides it from you.';
+end
+$$;
+
+revoke all on function pgshield.jsonb_merge_dynamic(text, text, jsonb, text[], text)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.jsonb_merge_dynamic(text, text, jsonb, text[], text)
+  to authenticated, service_role;
+
 -- ------------------------------------------------------------------- RPCs ----
 
 -- Merges p_patch (RFC 7396) into the registered jsonb column of the row of
 -- p_table whose key equals p_id, at p_path (missing objects are created), in
 -- one update, and returns the whole merged document. Runs with the caller's
 -- rights: table grants (SELECT and UPDATE) and row-level security decide.
+-- The update is the target's static statement in jsonb_merge_fast; when that
+-- has none for the table, or matched no row, jsonb_merge_dynamic reads the
+-- registry and does the merge or raises the error.
 -- Callers: authenticated, service_role.
 -- Errors: 22023 bad input (unregistered p_table, null arguments, a non-object
 -- on p_path, a patch nested deeper than 32); 22P02 when p_id does not fit the
@@ -560,36 +789,15 @@ language plpgsql volatile security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_t record;
   v_doc jsonb;
-  v_rows bigint;
 begin
   if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
      or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
     perform pgshield.jsonb_merge_check_args(p_id, p_patch, p_path);  -- raises the exact error
   end if;
-  v_t := pgshield.jsonb_target_of(p_table);
-
-  -- Identifiers through %I and regclass/regtype output, the operator name is
-  -- operator characters only (a check on the registry), values only via using.
-  execute format(
-    'update %s as t set %I = %s where t.%I operator(%I.%s) $1::%s returning t.%I',
-    v_t.relation, v_t.column_name,
-    case when cardinality(p_path) = 0
-         then format('pgshield.jsonb_merge_patch_level(t.%I, $2, 1)', v_t.column_name)
-         else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', v_t.column_name)
-    end,
-    v_t.key_column, v_t.key_operator_schema, v_t.key_operator, v_t.key_type, v_t.column_name)
-    into v_doc
-    using p_id, p_patch, p_path;
-  get diagnostics v_rows = row_count;
-
-  if v_rows = 0 then
-    raise exception using
-      errcode = 'PT404',
-      message = format('no row of %s has %I = %s', v_t.relation, v_t.key_column,
-                       quote_literal(left(p_id, 200))),
-      hint = 'The row does not exist, or row-level security hides it from you.';
+  v_doc := pgshield.jsonb_merge_fast(p_id, p_patch, p_path, null, p_table);
+  if v_doc is null then  -- a merge never stores SQL NULL: no fast path, or no row
+    v_doc := pgshield.jsonb_merge_dynamic(p_table, p_id, p_patch, p_path, null);
   end if;
   return v_doc;
 end
@@ -613,10 +821,7 @@ language plpgsql volatile security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_t record;
   v_doc jsonb;
-  v_rows bigint;
-  v_current text;
 begin
   if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
      or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
@@ -628,47 +833,11 @@ begin
       message = 'p_expected_hash must be 32 hex digits',
       hint = 'Use pgshield.jsonb_hash(document), the md5 of the document''s jsonb text.';
   end if;
-  v_t := pgshield.jsonb_target_of(p_table);
-
-  execute format(
-    'update %s as t set %I = %s'
-    ' where t.%I operator(%I.%s) $1::%s and pgshield.jsonb_hash(t.%I) = $4 returning t.%I',
-    v_t.relation, v_t.column_name,
-    case when cardinality(p_path) = 0
-         then format('pgshield.jsonb_merge_patch_level(t.%I, $2, 1)', v_t.column_name)
-         else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', v_t.column_name)
-    end,
-    v_t.key_column, v_t.key_operator_schema, v_t.key_operator, v_t.key_type,
-    v_t.column_name, v_t.column_name)
-    into v_doc
-    using p_id, p_patch, p_path, lower(p_expected_hash);
-  get diagnostics v_rows = row_count;
-  if v_rows > 0 then
-    return v_doc;
+  v_doc := pgshield.jsonb_merge_fast(p_id, p_patch, p_path, lower(p_expected_hash), p_table);
+  if v_doc is null then  -- no fast path, no row, or another hash: the errors tell which
+    v_doc := pgshield.jsonb_merge_dynamic(p_table, p_id, p_patch, p_path, lower(p_expected_hash));
   end if;
-
-  execute format('select pgshield.jsonb_hash(t.%I) from %s as t where t.%I operator(%I.%s) $1::%s',
-                 v_t.column_name, v_t.relation, v_t.key_column,
-                 v_t.key_operator_schema, v_t.key_operator, v_t.key_type)
-    into v_current
-    using p_id;
-  get diagnostics v_rows = row_count;
-  -- Seen with the expected hash but not updated: row-level security lets the
-  -- caller read the row but not update it.
-  if v_rows = 0 or v_current = lower(p_expected_hash) then
-    raise exception using
-      errcode = 'PT404',
-      message = format('no row of %s has %I = %s', v_t.relation, v_t.key_column,
-                       quote_literal(left(p_id, 200))),
-      hint = 'The row does not exist, or row-level security hides it from you.';
-  end if;
-  raise exception using
-    errcode = 'PT409',
-    message = format('the document of %s %I = %s changed since hash %s',
-                     v_t.relation, v_t.key_column, quote_literal(left(p_id, 200)),
-                     lower(p_expected_hash)),
-    detail = 'current hash: ' || v_current,
-    hint = 'Read the document again, rebuild the patch, and retry with the new hash.';
+  return v_doc;
 end
 $$;
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from pgshield import AsyncShield, Retryable, Shield
+from support import run_threads
 
 SETUP = """
 create table public.hot_docs (id int primary key, doc jsonb not null default '{}');
@@ -28,26 +28,6 @@ def hot(conn: psycopg.Connection) -> psycopg.Connection:
 
 def document(conn: psycopg.Connection) -> Any:
     return conn.execute("select doc from public.hot_docs where id = 1").fetchone()[0]  # type: ignore[index]
-
-
-def run_threads(count: int, work: Callable[[int, threading.Barrier], None]) -> None:
-    """Run ``work(i, barrier)`` in ``count`` threads that start together; re-raise failures."""
-    barrier = threading.Barrier(count, timeout=60)
-    errors: list[BaseException] = []
-
-    def target(i: int) -> None:
-        try:
-            work(i, barrier)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors[:3]
 
 
 @pytest.mark.slow

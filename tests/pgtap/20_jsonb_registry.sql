@@ -3,7 +3,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(24);
+select plan(26);
 
 -- Helper tables, created and dropped with this transaction.
 create table public.jsonb_reg_docs (
@@ -99,9 +99,20 @@ select throws_ok(
 select throws_ok(
   $$select pgshield.unregister_jsonb_target('public.jsonb_reg_docs')$$,
   '42501', null, 'authenticated cannot unregister (42501)');
+select is((select count(*)::int from pgshield.jsonb_target t
+            where t.relation = 'public.jsonb_reg_docs'::regclass), 1,
+          'authenticated reads the registry table (merge_jsonb reads it as the caller)');
 select throws_ok(
-  $$select * from pgshield.jsonb_target$$,
-  '42501', null, 'authenticated cannot read the registry table (42501)');
+  $$delete from pgshield.jsonb_target$$,
+  '42501', null, 'authenticated cannot write the registry table (42501)');
+reset role;
+
+set local role service_role;
+select throws_ok(
+  $$insert into pgshield.jsonb_target (relation, column_name, key_column, key_type,
+                                       key_operator_schema, key_operator)
+    values ('public.jsonb_reg_partial', 'doc', 'id', 'bigint', 'pg_catalog', '=')$$,
+  '42501', null, 'service_role writes the registry only through register/unregister (42501)');
 reset role;
 
 set local role anon;

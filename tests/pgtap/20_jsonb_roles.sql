@@ -3,7 +3,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(24);
+select plan(25);
 
 -- An RLS-protected example table, created and dropped with this transaction:
 -- each user may merge only their own row, and never a "forbidden" key.
@@ -114,9 +114,13 @@ select is((select count(*)::int from pg_catalog.pg_proc p
 select ok(not has_function_privilege('authenticated', 'pgshield.jsonb_target_check(regclass,name,name)', 'execute')
           and not has_function_privilege('service_role', 'pgshield.jsonb_target_check(regclass,name,name)', 'execute'),
           'the internal target check is granted to no API role');
-select ok(not has_table_privilege('authenticated', 'pgshield.jsonb_target', 'select')
-          and not has_table_privilege('service_role', 'pgshield.jsonb_target', 'select'),
-          'API roles cannot read the registry table');
+select ok(has_table_privilege('authenticated', 'pgshield.jsonb_target', 'select')
+          and has_table_privilege('service_role', 'pgshield.jsonb_target', 'select')
+          and not has_table_privilege('anon', 'pgshield.jsonb_target', 'select'),
+          'authenticated and service_role read the registry table (merge_jsonb runs as them), anon not');
+select ok(not has_table_privilege('authenticated', 'pgshield.jsonb_target', 'insert, update, delete, truncate')
+          and not has_table_privilege('service_role', 'pgshield.jsonb_target', 'insert, update, delete, truncate'),
+          'no API role writes the registry table directly');
 select ok((select c.relrowsecurity from pg_catalog.pg_class c
             where c.oid = 'pgshield.jsonb_target'::regclass),
           'the registry table has row-level security enabled');
