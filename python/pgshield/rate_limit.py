@@ -256,31 +256,24 @@ def _direct_params(key: str, limit: int, window: Window, cost: int, algorithm: s
     }
 
 
-def increment_op(key: str, limit: int, window: Window, cost: int, algorithm: str) -> Op[Decision]:
-    return Op(
-        f"select {_DIRECT_COLUMNS} from public.increment_rate_limit(%(key)s::text,"
-        " %(limit)s::integer, %(window)s::integer, %(cost)s::integer, %(algorithm)s::text)",
-        _direct_params(key, limit, window, cost, algorithm),
-        _one_decision,
-    )
+def _direct_op(function: str) -> Callable[[str, int, Window, int, str], Op[Decision]]:
+    """The Op builder for one of the direct-key entry points (same arguments, same result)."""
+
+    def build(key: str, limit: int, window: Window, cost: int, algorithm: str) -> Op[Decision]:
+        return Op(
+            f"select {_DIRECT_COLUMNS} from public.{function}(%(key)s::text,"
+            " %(limit)s::integer, %(window)s::integer, %(cost)s::integer, %(algorithm)s::text)",
+            _direct_params(key, limit, window, cost, algorithm),
+            _one_decision,
+        )
+
+    build.__name__ = f"{function}_op"
+    return build
 
 
-def peek_op(key: str, limit: int, window: Window, cost: int, algorithm: str) -> Op[Decision]:
-    return Op(
-        f"select {_DIRECT_COLUMNS} from public.peek_rate_limit(%(key)s::text,"
-        " %(limit)s::integer, %(window)s::integer, %(cost)s::integer, %(algorithm)s::text)",
-        _direct_params(key, limit, window, cost, algorithm),
-        _one_decision,
-    )
-
-
-def key_usage_op(key: str, limit: int, window: Window, amount: int, algorithm: str) -> Op[Decision]:
-    return Op(
-        f"select {_DIRECT_COLUMNS} from public.record_rate_limit_key_usage(%(key)s::text,"
-        " %(limit)s::integer, %(window)s::integer, %(cost)s::integer, %(algorithm)s::text)",
-        _direct_params(key, limit, window, amount, algorithm),
-        _one_decision,
-    )
+increment_op = _direct_op("increment_rate_limit")
+peek_op = _direct_op("peek_rate_limit")
+key_usage_op = _direct_op("record_rate_limit_key_usage")  # cost = the amount to add or refund
 
 
 def reset_op(key: str, window: Window | None) -> Op[int]:
