@@ -14,7 +14,7 @@ help:
 system:
 	@scripts/ensure-system-packages.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml python/pgshield/__init__.py
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
@@ -23,6 +23,7 @@ setup: system $(STAMP)
 
 lint: setup
 	$(BIN)/ruff check python tests bench
+	$(BIN)/ruff format --check python tests bench
 	$(BIN)/squawk --assume-in-transaction migrations/*.sql
 
 # pytest exits 5 when it collected no test: make treats that as the failure it is.

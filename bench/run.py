@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # One entry per module benchmark (module in bench/ exposing main() -> str of markdown).
-BENCHMARKS: list[str] = ["bench_rate_limit", "bench_jsonb"]
+BENCHMARKS: list[str] = ["bench_rate_limit", "bench_jsonb", "bench_release"]
 
 
 def main() -> int:

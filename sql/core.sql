@@ -22,7 +22,7 @@ grant usage on schema pgshield to authenticated, service_role;
 create or replace function pgshield.version() returns text
 language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select '0.1.0'::text $$;
+as $$ select '0.2.0'::text $$;
 
 revoke all on function pgshield.version() from public;
 grant execute on function pgshield.version() to authenticated, service_role;

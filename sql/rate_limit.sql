@@ -272,6 +272,10 @@ revoke all on function pgshield.rate_limit_window_name(integer)
 --                 computed exactly in integers.
 -- token_bucket:   GCRA, T = w / limit (truncated to 1e-15 us): fits when
 --                 max(tat, now) + cost * T - now <= w; the new tat is that sum.
+--                 window_start holds the time of the row's last decision.
+-- "now" is never older than the row: max(p_now_us, the stored window's start
+-- or the last decision's time). A call that read the clock, then waited for
+-- the row lock while the window rolled over, is judged in the newest window.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.rate_limit_evaluate(
   p_algorithm text,
@@ -293,8 +297,8 @@ declare
   v_r pgshield.rate_limit_eval;
   v_epoch constant timestamptz := timestamptz '1970-01-01 00:00:00+00';
   v_w bigint := p_window_seconds::bigint * 1000000;
-  v_start bigint := p_now_us - ((p_now_us % v_w) + v_w) % v_w;
-  v_elapsed bigint := p_now_us - v_start;
+  v_start bigint;
+  v_elapsed bigint;
   v_stored bigint;
   v_cur bigint := 0;
   v_prev bigint := 0;
@@ -306,6 +310,19 @@ declare
   v_reset numeric;
   v_refund bigint;
 begin
+  -- Never back in time: a call that read the clock and then waited for the
+  -- row lock may carry a time older than the state it finds. It is judged at
+  -- the newest time the row was judged at (fixed and sliding windows: the
+  -- start of the stored window; token bucket: its last decision).
+  if p_state_algorithm = p_algorithm and p_window_start is not null then
+    v_stored := (extract(epoch from p_window_start) * 1000000)::bigint;
+    if v_stored > p_now_us then
+      p_now_us := v_stored;
+    end if;
+  end if;
+  v_start := p_now_us - ((p_now_us % v_w) + v_w) % v_w;
+  v_elapsed := p_now_us - v_start;
+
   if p_algorithm = 'token_bucket' then
     -- ------------------------------------------------------ token bucket --
     v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
@@ -325,6 +342,7 @@ begin
     v_r.reset_at := v_epoch + v_reset * interval '1 microsecond';
     v_r.count := 0;
     v_r.prev_count := 0;
+    v_r.window_start := v_epoch + p_now_us * interval '1 microsecond';
     if not v_r.fits then
       if p_cost > p_limit then
         v_r.retry_after_ms := -1;
@@ -334,8 +352,7 @@ begin
     end if;
   else
     -- ----------------------------------------- fixed and sliding window --
-    if p_state_algorithm = p_algorithm and p_window_start is not null then
-      v_stored := (extract(epoch from p_window_start) * 1000000)::bigint;
+    if v_stored is not null then
       if v_stored = v_start then
         v_cur := p_count;
         v_prev := case when p_algorithm = 'sliding_window' then p_prev_count else 0 end;
@@ -522,19 +539,27 @@ begin
             p_cost, 0, null,
             date_bin(p_window_seconds * interval '1 second', v_now, timestamptz '1970-01-01 00:00:00+00')
             + p_window_seconds * interval '1 second')
+    -- A row already in a newer window (this call read the clock, then waited
+    -- for the lock while the window rolled over) keeps that window, and the
+    -- call is counted in it: windows only move forward.
     on conflict (key, policy, window_seconds) do update
        set algorithm = excluded.algorithm,
            limit_value = excluded.limit_value,
-           window_start = excluded.window_start,
+           window_start = case when s.algorithm = excluded.algorithm
+                                and s.window_start > excluded.window_start
+                               then s.window_start else excluded.window_start end,
            count = excluded.count
                    + case when s.algorithm = excluded.algorithm
-                           and s.window_start = excluded.window_start then s.count else 0 end,
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
            prev_count = 0,
            tat = null,
-           expires_at = excluded.expires_at
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + p_window_seconds * interval '1 second'
+                             else excluded.expires_at end
      where excluded.count
            + case when s.algorithm = excluded.algorithm
-                   and s.window_start = excluded.window_start then s.count else 0 end
+                   and s.window_start >= excluded.window_start then s.count else 0 end
            <= excluded.limit_value
     -- RETURNING runs only for a row that was written, i.e. an allowed
     -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
@@ -559,30 +584,41 @@ begin
       (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
     values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
             v_start_ts + 2 * v_w * interval '1 microsecond')
+    -- A row already in a newer window keeps it, and the call is judged at
+    -- that window's start (elapsed 0: the previous window weighs fully).
     on conflict (key, policy, window_seconds) do update
        set algorithm = excluded.algorithm,
            limit_value = excluded.limit_value,
-           window_start = excluded.window_start,
+           window_start = case when s.algorithm = excluded.algorithm
+                                and s.window_start > excluded.window_start
+                               then s.window_start else excluded.window_start end,
            count = excluded.count
                    + case when s.algorithm = excluded.algorithm
-                           and s.window_start = excluded.window_start then s.count else 0 end,
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
            prev_count = case when s.algorithm <> excluded.algorithm then 0
-                             when s.window_start = excluded.window_start then s.prev_count
+                             when s.window_start >= excluded.window_start then s.prev_count
                              when s.window_start = v_prev_ts then s.count
                              else 0 end,
            tat = null,
-           expires_at = excluded.expires_at
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + 2 * v_w * interval '1 microsecond'
+                             else excluded.expires_at end
      where (case when s.algorithm <> excluded.algorithm then 0
-                 when s.window_start = excluded.window_start then s.prev_count
+                 when s.window_start >= excluded.window_start then s.prev_count
                  when s.window_start = v_prev_ts then s.count
-                 else 0 end)::numeric * (v_w - v_elapsed)
+                 else 0 end)::numeric
+           * (v_w - case when s.algorithm = excluded.algorithm
+                          and s.window_start > excluded.window_start then 0 else v_elapsed end)
            + (excluded.count
               + case when s.algorithm = excluded.algorithm
-                      and s.window_start = excluded.window_start then s.count else 0 end
+                      and s.window_start >= excluded.window_start then s.count else 0 end
              )::numeric * v_w
            <= excluded.limit_value::numeric * v_w
     returning true, p_limit,
-              least(greatest(div(p_limit::numeric * v_w - s.prev_count::numeric * (v_w - v_elapsed)
+              least(greatest(div(p_limit::numeric * v_w
+                                 - s.prev_count::numeric
+                                   * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
                                  - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
               s.expires_at,
               (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
@@ -595,23 +631,38 @@ begin
     -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
     v_w := p_window_seconds::bigint * 1000000;
     v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
+    -- window_start keeps the time of the last decision; a call that waited
+    -- for the lock behind a later one is judged at that later time.
     insert into pgshield.rate_limit_state as s
       (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, null, 0, 0, v_now_us + p_cost * v_t,
+    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
             timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
     on conflict (key, policy, window_seconds) do update
        set algorithm = excluded.algorithm,
            limit_value = excluded.limit_value,
-           window_start = null,
+           window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
            count = 0,
            prev_count = 0,
-           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + p_cost * v_t,
+           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                               then (extract(epoch from s.window_start) * 1000000)::bigint
+                               else v_now_us end) + p_cost * v_t,
            expires_at = timestamptz '1970-01-01 00:00:00+00'
-                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us)
+                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                                        case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                                             then (extract(epoch from s.window_start) * 1000000)::bigint
+                                             else v_now_us end)
                                + p_cost * v_t) * interval '1 microsecond'
-     where greatest(case when s.algorithm = excluded.algorithm then s.tat end, v_now_us) + p_cost * v_t
-           - v_now_us <= v_w
-    returning true, p_limit, least(greatest(div(v_now_us + v_w - s.tat, v_t), 0), p_limit)::integer,
+     where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                    case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                         then (extract(epoch from s.window_start) * 1000000)::bigint
+                         else v_now_us end) + p_cost * v_t
+           - case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                  then (extract(epoch from s.window_start) * 1000000)::bigint
+                  else v_now_us end <= v_w
+    returning true, p_limit,
+              least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
+                             0), p_limit)::integer,
               s.expires_at,
               (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
               p_key, p_algorithm, p_window_seconds, p_cost

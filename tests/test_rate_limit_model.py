@@ -44,6 +44,7 @@ class Model:
     count: int = 0
     prev: int = 0
     tat: Fraction | None = None
+    last: int | None = None  # token_bucket: the time of the last decision that wrote state
 
     @property
     def w(self) -> int:
@@ -63,8 +64,16 @@ class Model:
         return start, cur, prev
 
     def decide(self, now: int, cost: int, *, force: bool = False, commit: bool = True) -> tuple:
-        """(fits, remaining, retry_after_ms, reset_at_us), updating the state when it applies."""
+        """(fits, remaining, retry_after_ms, reset_at_us), updating the state when it applies.
+
+        A call whose clock reading is older than the state (it waited for the row lock while
+        later calls went first) is judged at the newest time the state was judged at: the
+        start of the stored window, or the token bucket's last decision.
+        """
         lim, w = self.limit, self.w
+        newest = self.last if self.algorithm == "token_bucket" else self.start
+        if newest is not None and newest > now:
+            now = newest
         if self.algorithm == "token_bucket":
             tat0 = max(self.tat if self.tat is not None else Fraction(now), Fraction(now))
             if force:
@@ -79,7 +88,7 @@ class Model:
                 x = tat0 + cost * self.t - w - now
                 wait = ceil_div(x.numerator, x.denominator)
             if commit and fits:
-                self.tat = tat
+                self.tat, self.last = tat, now
         else:
             start, cur, prev = self._current(now)
             e = now - start
@@ -139,6 +148,9 @@ step = st.tuples(
         st.integers(0, 3_000_000),  # a few seconds
         st.integers(0, 130_000_000),  # past a window or two
         st.sampled_from(["edge", "edge-1", "retry", 0, 1]),
+        # a late call: its clock reading is this much older than the latest one (it read the
+        # time, then waited for the row lock while the window rolled over)
+        st.tuples(st.just("late"), st.integers(1, 130_000_000)),
     ),
     st.sampled_from(["hit", "hit", "hit", "peek", "usage"]),
     st.integers(1, 6),
@@ -155,7 +167,10 @@ def run_steps(
     last_retry, last_cost = 0, 0
     for move, op, cost, refund in steps:
         w = window * 1_000_000
-        if move == "edge":
+        call_now = None
+        if isinstance(move, tuple):
+            call_now = max(now - move[1], START_US)
+        elif move == "edge":
             now += w - now % w
         elif move == "edge-1":
             now += w - now % w - 1
@@ -163,7 +178,8 @@ def run_steps(
             now += max(last_retry, 0) * 1000
         else:
             now += int(move)
-        conn.execute("select pgshield.set_clock(%s)", (ts(now),))
+        at = now if call_now is None else call_now
+        conn.execute("select pgshield.set_clock(%s)", (ts(at),))
         args = (key, limit, window, cost, algorithm)
         if op == "hit":
             row = conn.execute(
@@ -171,7 +187,7 @@ def run_steps(
                 " from public.increment_rate_limit(%s, %s, %s, %s, %s)",
                 args,
             ).fetchone()
-            want = model.decide(now, cost)
+            want = model.decide(at, cost)
             if move == "retry" and last_retry > 0 and last_cost == cost:
                 assert want[0], "the model says waiting retry_after_ms is enough"
         elif op == "peek":
@@ -180,7 +196,7 @@ def run_steps(
                 " from public.peek_rate_limit(%s, %s, %s, %s, %s)",
                 args,
             ).fetchone()
-            want = model.decide(now, cost, commit=False)
+            want = model.decide(at, cost, commit=False)
         else:
             amount = -cost if refund else cost
             row = conn.execute(
@@ -188,11 +204,11 @@ def run_steps(
                 " from public.record_rate_limit_key_usage(%s, %s, %s, %s, %s)",
                 (key, limit, window, amount, algorithm),
             ).fetchone()
-            model.decide(now, amount, force=True)
-            want = model.decide(now, 1, commit=False)
+            model.decide(at, amount, force=True)
+            want = model.decide(at, 1, commit=False)
         assert row is not None
         got = (row[0], row[1], row[2], us_of(row[3]))
-        assert got == want, f"{op} cost={cost} at +{now - START_US} us: db {got} != model {want}"
+        assert got == want, f"{op} cost={cost} at +{at - START_US} us: db {got} != model {want}"
         last_retry, last_cost = got[2], (cost if op != "usage" else 1)
 
 

@@ -24,7 +24,7 @@ from pgshield.rate_limit import (
 )
 from pgshield.shield import AsyncShield, Shield
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AsyncRateLimiter",

@@ -11,7 +11,11 @@ Supavisor / PgBouncer in transaction mode.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -71,6 +75,87 @@ async def connect_async(dsn: str, *, timeout: float | None = None) -> psycopg.As
         return await psycopg.AsyncConnection.connect(dsn, **kwargs)
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+# ------------------------------------------------------------- deadlines --
+# ``timeout`` is first the server's statement_timeout, which answers a slow but live server
+# with 57014. A server that answers nothing at all (a stopped backend, a frozen host) gets
+# DEADLINE_GRACE more seconds, then the connection's socket is shut down under the waiting
+# call, which then raises Unavailable. The connection is broken afterwards: pgshield drops and
+# reopens its own, a pool discards it, a caller's connection has to be reopened by the caller.
+DEADLINE_GRACE = 0.5
+
+
+def sever(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
+    """Shut down the connection's socket, so that a call blocked on it returns at once."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return  # already closed
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Watchdog:
+    """One daemon thread that severs the connections of sync calls past their deadline."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, conn: psycopg.Connection) -> list[Any]:
+        # [deadline, seq, conn, disarmed, fired]
+        entry = [time.monotonic() + seconds, next(self._seq), conn, False, False]
+        with self._cv:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="pgshield-deadline", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0] is entry:
+                self._cv.notify()
+        return entry
+
+    def disarm(self, entry: list[Any]) -> bool:
+        """Stop watching; True when the deadline had already fired."""
+        with self._cv:
+            entry[3] = True
+            entry[2] = None
+            return bool(entry[4])
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._heap and self._heap[0][3]:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                entry = heapq.heappop(self._heap)
+                entry[4] = True
+                conn = entry[2]
+            sever(conn)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _no_answer(timeout: float) -> Unavailable:
+    return Unavailable(
+        f"no answer from the database within {timeout + DEADLINE_GRACE:g} s",
+        hint="the server is unreachable or stopped; the connection was closed",
+    )
 
 
 class _Settings:
@@ -170,12 +255,23 @@ class SyncClient(_Settings):
             raise
 
     def _run(self, conn: psycopg.Connection, op: Op[T]) -> T:
+        if self.timeout is None:
+            return self._attempts(conn, op, None)
+        watch = _WATCHDOG.arm(self.timeout + DEADLINE_GRACE, conn)
+        try:
+            return self._attempts(conn, op, watch)
+        finally:
+            _WATCHDOG.disarm(watch)
+
+    def _attempts(self, conn: psycopg.Connection, op: Op[T], watch: list[Any] | None) -> T:
         own = self.owns_transaction(conn)
         attempt = 0
         while True:
             try:
                 return op.parse(self._execute(conn, op, own))
             except psycopg.Error as exc:
+                if watch is not None and _WATCHDOG.disarm(watch):
+                    raise _no_answer(self.timeout or 0) from exc
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
@@ -241,12 +337,31 @@ class AsyncClient(_Settings):
             raise
 
     async def _run(self, conn: psycopg.AsyncConnection, op: Op[T]) -> T:
+        if self.timeout is None:
+            return await self._attempts(conn, op, None)
+        fired: list[bool] = []
+
+        def fire() -> None:
+            fired.append(True)
+            sever(conn)
+
+        handle = asyncio.get_running_loop().call_later(self.timeout + DEADLINE_GRACE, fire)
+        try:
+            return await self._attempts(conn, op, fired)
+        finally:
+            handle.cancel()
+
+    async def _attempts(
+        self, conn: psycopg.AsyncConnection, op: Op[T], fired: list[bool] | None
+    ) -> T:
         own = self.owns_transaction(conn)
         attempt = 0
         while True:
             try:
                 return op.parse(await self._execute(conn, op, own))
             except psycopg.Error as exc:
+                if fired:
+                    raise _no_answer(self.timeout or 0) from exc
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1

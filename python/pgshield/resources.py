@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 # The order in which sql/<module>.sql files build a database (the same order as migrations/).
@@ -39,3 +41,25 @@ def module_files() -> list[Path]:
 def compat_sql() -> str:
     """The Supabase compat stub for vanilla Postgres (never for a Supabase project)."""
     return (sql_dir() / "compat" / "supabase.sql").read_text()
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released version and the SHA-256 of every migration file it shipped."""
+
+    version: str
+    migrations: dict[str, str]
+
+
+def releases() -> list[Release]:
+    """Every release in ``pgshield/releases.json``, oldest first. Released files never change."""
+    data = json.loads((_PACKAGE / "releases.json").read_text())
+    return [Release(r["version"], dict(r["migrations"])) for r in data["releases"]]
+
+
+def release_of(filename: str) -> str | None:
+    """The version that first shipped migration ``filename`` (None: not released yet)."""
+    for release in releases():
+        if filename in release.migrations:
+            return release.version
+    return None
