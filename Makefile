@@ -24,6 +24,7 @@ setup: system $(STAMP)
 lint: setup
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
+	$(BIN)/python -m pgshield._twin --check
 	$(BIN)/squawk --assume-in-transaction migrations/*.sql
 
 # pytest exits 5 when it collected no test: make treats that as the failure it is.

@@ -53,54 +53,54 @@ def stored(conn: psycopg.Connection, id: int = 1) -> object:
 
 # ------------------------------------------------------------------ merging --
 def test_merge_returns_the_whole_document(shield: Shield, conn: psycopg.Connection) -> None:
-    assert shield.merge_jsonb("assessments", 1, {"q1": {"answer": "yes"}}) == {
+    assert shield.jsonb.merge("assessments", 1, {"q1": {"answer": "yes"}}) == {
         "q1": {"answer": "yes"}
     }
-    doc = shield.merge_jsonb("assessments", "1", {"q1": {"score": 3}, "q2": {"answer": "no"}})
+    doc = shield.jsonb.merge("assessments", "1", {"q1": {"score": 3}, "q2": {"answer": "no"}})
     assert doc == {"q1": {"answer": "yes", "score": 3}, "q2": {"answer": "no"}}
     assert stored(conn) == doc
 
 
 def test_merge_at_a_path_creates_missing_objects(shield: Shield) -> None:
-    doc = shield.merge_jsonb(
+    doc = shield.jsonb.merge(
         "assessments", 1, {"answer": "ja", "ключ": "😀"}, ["sections", "s1", "q7"]
     )
     assert doc == {"sections": {"s1": {"q7": {"answer": "ja", "ключ": "😀"}}}}
-    doc = shield.merge_jsonb("assessments", 1, {"answer": None}, ("sections", "s1", "q7"))
+    doc = shield.jsonb.merge("assessments", 1, {"answer": None}, ("sections", "s1", "q7"))
     assert doc == {"sections": {"s1": {"q7": {"ключ": "😀"}}}}
 
 
 def test_patch_none_is_json_null(shield: Shield) -> None:
-    shield.merge_jsonb("assessments", 1, {"q1": {"a": 1}})
-    assert shield.merge_jsonb("assessments", 1, None, ["q1"]) == {"q1": None}
+    shield.jsonb.merge("assessments", 1, {"q1": {"a": 1}})
+    assert shield.jsonb.merge("assessments", 1, None, ["q1"]) == {"q1": None}
 
 
 def test_path_must_be_a_sequence_of_keys(shield: Shield) -> None:
     with pytest.raises(TypeError):
-        shield.merge_jsonb("assessments", 1, {}, "q1")  # type: ignore[arg-type]
+        shield.jsonb.merge("assessments", 1, {}, "q1")  # type: ignore[arg-type]
 
 
 def test_merge_patch_is_the_databases_rfc_7396(shield: Shield) -> None:
-    assert shield.jsonb_merge_patch({"a": [1], "b": {"c": 1}}, {"a": [2], "b": {"c": None}}) == {
+    assert shield.jsonb.merge_patch({"a": [1], "b": {"c": 1}}, {"a": [2], "b": {"c": None}}) == {
         "a": [2],
         "b": {},
     }
-    assert shield.jsonb_merge_patch({"a": 1}, ["x"]) == ["x"]
-    assert shield.jsonb_merge_patch({"a": 1}, None) is None
+    assert shield.jsonb.merge_patch({"a": 1}, ["x"]) == ["x"]
+    assert shield.jsonb.merge_patch({"a": 1}, None) is None
 
 
 def test_calls_join_the_callers_transaction(shield: Shield, db: str) -> None:
     with psycopg.connect(db) as own:
         with own.transaction(force_rollback=True):
-            shield.merge_jsonb("assessments", 1, {"gone": True}, conn=own)
-        assert Shield(own).merge_jsonb("assessments", 1, {"kept": True}) == {"kept": True}
+            shield.jsonb.merge("assessments", 1, {"gone": True}, conn=own)
+        assert Shield(own).jsonb.merge("assessments", 1, {"kept": True}) == {"kept": True}
 
 
 # ------------------------------------------------------------------- errors --
 def test_bad_input_is_invalid_input_and_writes_nothing(
     shield: Shield, conn: psycopg.Connection
 ) -> None:
-    shield.merge_jsonb("assessments", 1, {"s": "text"})
+    shield.jsonb.merge("assessments", 1, {"s": "text"})
     deep: object = 1
     for _ in range(33):
         deep = {"k": deep}
@@ -114,14 +114,14 @@ def test_bad_input_is_invalid_input_and_writes_nothing(
     ]
     for args, code in cases:
         with pytest.raises(InvalidInput) as info:
-            shield.merge_jsonb(*args)  # type: ignore[arg-type]
+            shield.jsonb.merge(*args)  # type: ignore[arg-type]
         assert info.value.sqlstate == code, args
     assert stored(conn) == {"s": "text"}
 
 
 def test_missing_row_is_not_found(shield: Shield) -> None:
     with pytest.raises(NotFound) as info:
-        shield.merge_jsonb("assessments", 99, {"a": 1})
+        shield.jsonb.merge("assessments", 99, {"a": 1})
     assert info.value.sqlstate == "PT404"
     assert info.value.hint and "row-level security" in info.value.hint
 
@@ -129,13 +129,13 @@ def test_missing_row_is_not_found(shield: Shield) -> None:
 # -------------------------------------------------------------------- roles --
 def test_rls_decides_who_merges_what(shield: Shield, conn: psycopg.Connection) -> None:
     with act_as(conn, "authenticated", sub=ALICE):
-        assert shield.merge_jsonb("assessments", 1, {"q1": "alice"}, conn=conn) == {"q1": "alice"}
+        assert shield.jsonb.merge("assessments", 1, {"q1": "alice"}, conn=conn) == {"q1": "alice"}
     with pytest.raises(NotFound), act_as(conn, "authenticated", sub=ALICE):
-        shield.merge_jsonb("assessments", 2, {"q1": "alice was here"}, conn=conn)
+        shield.jsonb.merge("assessments", 2, {"q1": "alice was here"}, conn=conn)
     with pytest.raises(NotAllowed), act_as(conn, "anon"):
-        shield.merge_jsonb("assessments", 1, {"q1": "anon"}, conn=conn)
+        shield.jsonb.merge("assessments", 1, {"q1": "anon"}, conn=conn)
     with act_as(conn, "service_role"):
-        assert shield.merge_jsonb("assessments", 2, {"q9": "server"}, conn=conn) == {"q9": "server"}
+        assert shield.jsonb.merge("assessments", 2, {"q9": "server"}, conn=conn) == {"q9": "server"}
     assert stored(conn, 1) == {"q1": "alice"}
     assert stored(conn, 2) == {"q9": "server"}
 
@@ -143,40 +143,40 @@ def test_rls_decides_who_merges_what(shield: Shield, conn: psycopg.Connection) -
 def test_no_update_grant_is_not_allowed(shield: Shield, conn: psycopg.Connection) -> None:
     conn.execute("revoke update on public.assessments from authenticated")
     with pytest.raises(NotAllowed), act_as(conn, "authenticated", sub=ALICE):
-        shield.merge_jsonb("assessments", 1, {"q1": "x"}, conn=conn)
+        shield.jsonb.merge("assessments", 1, {"q1": "x"}, conn=conn)
 
 
 # --------------------------------------------------------------- optimistic --
 def test_merge_if_checks_the_documents_hash(shield: Shield, conn: psycopg.Connection) -> None:
-    doc = shield.merge_jsonb("assessments", 1, {"v": 1})
-    digest = shield.jsonb_hash(doc)
+    doc = shield.jsonb.merge("assessments", 1, {"v": 1})
+    digest = shield.jsonb.hash(doc)
     assert re.fullmatch(r"[0-9a-f]{32}", digest)
     row = conn.execute("select md5(responses::text) from public.assessments where id = 1")
     assert digest == row.fetchone()[0]  # type: ignore[index]
-    doc = shield.merge_jsonb_if("assessments", 1, {"w": 2}, digest)
+    doc = shield.jsonb.merge_if("assessments", 1, {"w": 2}, digest)
     assert doc == {"v": 1, "w": 2}
     with pytest.raises(Conflict) as info:
-        shield.merge_jsonb_if("assessments", 1, {"x": 3}, digest)
+        shield.jsonb.merge_if("assessments", 1, {"x": 3}, digest)
     assert info.value.sqlstate == "PT409"
     assert stored(conn) == {"v": 1, "w": 2}
     with pytest.raises(NotFound):
-        shield.merge_jsonb_if("assessments", 99, {"x": 3}, digest)
+        shield.jsonb.merge_if("assessments", 99, {"x": 3}, digest)
     with pytest.raises(InvalidInput):
-        shield.merge_jsonb_if("assessments", 1, {"x": 3}, "not-a-hash")
+        shield.jsonb.merge_if("assessments", 1, {"x": 3}, "not-a-hash")
 
 
 def test_optimistic_read_modify_write_loop(shield: Shield, conn: psycopg.Connection) -> None:
     """The documented pattern: read, compute, merge_jsonb_if, on Conflict read again."""
-    shield.merge_jsonb("assessments", 1, {"count": 0})
+    shield.jsonb.merge("assessments", 1, {"count": 0})
     attempts = 0
     for _ in range(5):
         attempts += 1
         doc = stored(conn)
         if attempts == 1:  # someone else writes between our read and our write
-            shield.merge_jsonb("assessments", 1, {"count": 10})
+            shield.jsonb.merge("assessments", 1, {"count": 10})
         try:
-            shield.merge_jsonb_if(
-                "assessments", 1, {"count": doc["count"] + 1}, shield.jsonb_hash(doc)
+            shield.jsonb.merge_if(
+                "assessments", 1, {"count": doc["count"] + 1}, shield.jsonb.hash(doc)
             )
             break
         except Conflict:
@@ -191,31 +191,31 @@ def test_registration(conn: psycopg.Connection) -> None:
         "insert into public.notes values ('a', '{}', 't')"
     )
     shield = Shield(conn)
-    assert shield.register_jsonb_target("notes", "body", "slug") is True
-    assert shield.register_jsonb_target("public.notes", "body", "slug") is False
-    [target] = [t for t in shield.jsonb_targets() if t.table == "public.notes"]
+    assert shield.jsonb.register("notes", "body", "slug") is True
+    assert shield.jsonb.register("public.notes", "body", "slug") is False
+    [target] = [t for t in shield.jsonb.targets() if t.table == "public.notes"]
     assert isinstance(target, JsonbTarget)
     assert (target.column, target.key_column, target.problem) == ("body", "slug", None)
-    assert shield.merge_jsonb("notes", "a", {"x": 1}) == {"x": 1}
+    assert shield.jsonb.merge("notes", "a", {"x": 1}) == {"x": 1}
     with pytest.raises(Conflict):
-        shield.register_jsonb_target("notes", "body", "title")
+        shield.jsonb.register("notes", "body", "title")
     with pytest.raises(InvalidInput):
-        shield.register_jsonb_target("notes", "title", "slug")
+        shield.jsonb.register("notes", "title", "slug")
     with pytest.raises(ShieldError):
-        shield.register_jsonb_target("no_such_table", "body")
-    assert shield.unregister_jsonb_target("notes") is True
-    assert shield.unregister_jsonb_target("notes") is False
+        shield.jsonb.register("no_such_table", "body")
+    assert shield.jsonb.unregister("notes") is True
+    assert shield.jsonb.unregister("notes") is False
     with pytest.raises(InvalidInput):
-        shield.merge_jsonb("notes", "a", {"x": 2})
+        shield.jsonb.merge("notes", "a", {"x": 2})
 
 
 def test_registration_is_for_service_role(shield: Shield, conn: psycopg.Connection) -> None:
     with pytest.raises(NotAllowed), act_as(conn, "authenticated", sub=ALICE):
-        shield.register_jsonb_target("assessments", "responses", conn=conn)
+        shield.jsonb.register("assessments", "responses", conn=conn)
     with pytest.raises(NotAllowed), act_as(conn, "authenticated", sub=ALICE):
-        shield.jsonb_targets(conn=conn)
+        shield.jsonb.targets(conn=conn)
     with act_as(conn, "service_role"):
-        assert [t.table for t in shield.jsonb_targets(conn=conn)] == ["public.assessments"]
+        assert [t.table for t in shield.jsonb.targets(conn=conn)] == ["public.assessments"]
 
 
 # ------------------------------------------------------------------ asyncio --
@@ -224,21 +224,21 @@ def test_async_client(db: str, conn: psycopg.Connection) -> None:
 
     async def go() -> None:
         async with AsyncShield(db) as shield:
-            assert await shield.merge_jsonb("assessments", 1, {"a": 1}, ["x"]) == {"x": {"a": 1}}
-            doc = await shield.merge_jsonb("assessments", 1, {"b": 2})
-            digest = await shield.jsonb_hash(doc)
-            assert await shield.merge_jsonb_if("assessments", 1, {"c": 3}, digest) == {
+            assert await shield.jsonb.merge("assessments", 1, {"a": 1}, ["x"]) == {"x": {"a": 1}}
+            doc = await shield.jsonb.merge("assessments", 1, {"b": 2})
+            digest = await shield.jsonb.hash(doc)
+            assert await shield.jsonb.merge_if("assessments", 1, {"c": 3}, digest) == {
                 **doc,
                 "c": 3,
             }
             with pytest.raises(Conflict):
-                await shield.merge_jsonb_if("assessments", 1, {"d": 4}, digest)
-            assert await shield.jsonb_merge_patch({"a": 1}, {"a": None}) == {}
-            assert [t.table for t in await shield.jsonb_targets()] == ["public.assessments"]
-            assert await shield.unregister_jsonb_target("assessments") is True
-            assert await shield.register_jsonb_target("assessments", "responses") is True
+                await shield.jsonb.merge_if("assessments", 1, {"d": 4}, digest)
+            assert await shield.jsonb.merge_patch({"a": 1}, {"a": None}) == {}
+            assert [t.table for t in await shield.jsonb.targets()] == ["public.assessments"]
+            assert await shield.jsonb.unregister("assessments") is True
+            assert await shield.jsonb.register("assessments", "responses") is True
             with pytest.raises(NotFound):
-                await shield.merge_jsonb("assessments", 99, {})
+                await shield.jsonb.merge("assessments", 99, {})
 
     asyncio.run(go())
 

@@ -41,7 +41,7 @@ def test_200_concurrent_merges_of_distinct_keys_lose_nothing(
             shield = Shield(conn)
             barrier.wait()
             for j in range(each):
-                shield.merge_jsonb("hot_docs", 1, {f"w{i}_{j}": {"answer": j}}, ["answers"])
+                shield.jsonb.merge("hot_docs", 1, {f"w{i}_{j}": {"answer": j}}, ["answers"])
 
     run_threads(writers, work)
     answers = document(hot)["answers"]
@@ -60,7 +60,7 @@ def test_same_key_merges_end_with_one_written_value(db: str, hot: psycopg.Connec
             shield = Shield(conn)
             barrier.wait()
             for j in range(each):
-                shield.merge_jsonb("hot_docs", 1, {"k": value(i, j)})
+                shield.jsonb.merge("hot_docs", 1, {"k": value(i, j)})
 
     run_threads(writers, work)
     final = document(hot)
@@ -91,7 +91,7 @@ def test_naive_read_merge_write_loses_what_merge_jsonb_keeps(
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("select doc from public.hot_docs where id = 1")
             barrier.wait()
-            Shield(conn).merge_jsonb("hot_docs", 1, {f"q{i}": "answer"})
+            Shield(conn).jsonb.merge("hot_docs", 1, {f"q{i}": "answer"})
 
     run_threads(writers, merged)
     assert len(document(hot)) == writers
@@ -103,9 +103,9 @@ def test_repeatable_read_conflict_is_retryable(db: str, hot: psycopg.Connection)
     with psycopg.connect(db) as mine:
         mine.execute("set transaction isolation level repeatable read")
         mine.execute("select 1")  # the snapshot is taken here
-        Shield(hot).merge_jsonb("hot_docs", 1, {"other": 1})
+        Shield(hot).jsonb.merge("hot_docs", 1, {"other": 1})
         with pytest.raises(Retryable) as info:
-            Shield(mine).merge_jsonb("hot_docs", 1, {"mine": 1}, conn=mine)
+            Shield(mine).jsonb.merge("hot_docs", 1, {"mine": 1}, conn=mine)
         assert info.value.sqlstate == "40001"
         mine.rollback()
     assert document(hot) == {"other": 1}
@@ -116,7 +116,7 @@ class CountingShield(Shield):
 
     retried = 0
 
-    def backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int) -> float:
         type(self).retried += 1
         return 0.0
 
@@ -142,7 +142,7 @@ def test_client_retries_a_serialization_failure(db: str, hot: psycopg.Connection
     shield = CountingShield(merger, isolation="repeatable read")
     result: list[Any] = []
     thread = threading.Thread(
-        target=lambda: result.append(shield.merge_jsonb("hot_docs", 1, {"second": 2}))
+        target=lambda: result.append(shield.jsonb.merge("hot_docs", 1, {"second": 2}))
     )
     try:
         thread.start()
@@ -166,7 +166,7 @@ def test_repeatable_read_writers_all_land_with_retries(db: str, hot: psycopg.Con
             shield = Shield(conn, isolation="repeatable read", retries=200)
             barrier.wait()
             for j in range(each):
-                shield.merge_jsonb("hot_docs", 1, {f"w{i}_{j}": True})
+                shield.jsonb.merge("hot_docs", 1, {f"w{i}_{j}": True})
 
     run_threads(writers, work)
     assert len(document(hot)) == writers * each
@@ -177,7 +177,7 @@ def test_async_concurrent_merges(db: str, hot: psycopg.Connection) -> None:
 
     async def one(i: int) -> None:
         async with AsyncShield(db) as shield:
-            await shield.merge_jsonb("hot_docs", 1, {f"a{i}": i}, ["async"])
+            await shield.jsonb.merge("hot_docs", 1, {f"a{i}": i}, ["async"])
 
     async def go() -> None:
         await asyncio.gather(*(one(i) for i in range(writers)))

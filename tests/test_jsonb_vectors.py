@@ -94,7 +94,7 @@ def shield(conn: psycopg.Connection) -> Shield:
 )
 @given(target=st.one_of(OBJECTS, JSON), patch=st.one_of(OBJECTS, JSON))
 def test_jsonb_merge_patch_matches_the_reference(shield: Shield, target: Any, patch: Any) -> None:
-    assert shield.jsonb_merge_patch(target, patch) == merge_patch(target, patch)
+    assert shield.jsonb.merge_patch(target, patch) == merge_patch(target, patch)
 
 
 @settings(
@@ -117,11 +117,11 @@ def test_merge_jsonb_stores_the_reference_result(
     expected = expected_at_path(target, path, patch)
     if expected is None:  # a value on the path is not an object: refused, nothing written
         with pytest.raises(InvalidInput):
-            shield.merge_jsonb("prop_docs", 1, patch, path)
+            shield.jsonb.merge("prop_docs", 1, patch, path)
         stored = conn.execute("select doc from public.prop_docs where id = 1").fetchone()
         assert stored is not None and stored[0] == target
     else:
-        assert shield.merge_jsonb("prop_docs", 1, patch, path) == expected[0]
+        assert shield.jsonb.merge("prop_docs", 1, patch, path) == expected[0]
 
 
 def expected_at_path(target: Any, path: list[str], patch: Any) -> tuple[Any] | None:

@@ -45,7 +45,7 @@ def shield(conn: psycopg.Connection) -> Iterator[Shield]:
 
 # ---------------------------------------------------------------- decisions --
 def test_direct_key_decisions(shield: Shield) -> None:
-    first = shield.rate_limit("k", limit=2, window=60)
+    first = shield.rate_limits.hit("k", limit=2, window=60)
     assert first == Decision(
         allowed=True,
         limit=2,
@@ -56,17 +56,17 @@ def test_direct_key_decisions(shield: Shield) -> None:
         algorithm="fixed_window",
         window_seconds=60,
     )
-    assert shield.rate_limit("k", limit=2, window=dt.timedelta(minutes=1)).remaining == 0
-    denied = shield.rate_limit("k", limit=2, window=60)
+    assert shield.rate_limits.hit("k", limit=2, window=dt.timedelta(minutes=1)).remaining == 0
+    denied = shield.rate_limits.hit("k", limit=2, window=60)
     assert not denied and denied.retry_after_ms == 50_000 and denied.retry_after == 50
-    assert shield.rate_limit("k", limit=2, window=60, cost=3).retry_after_ms == -1
-    assert shield.peek_rate_limit("k", limit=2, window=60).allowed is False
+    assert shield.rate_limits.hit("k", limit=2, window=60, cost=3).retry_after_ms == -1
+    assert shield.rate_limits.peek("k", limit=2, window=60).allowed is False
 
 
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
 def test_every_algorithm_admits_exactly_the_limit(shield: Shield, algorithm: str) -> None:
     results = [
-        shield.rate_limit(f"a:{algorithm}", limit=5, window=60, algorithm=algorithm)  # type: ignore[arg-type]
+        shield.rate_limits.hit(f"a:{algorithm}", limit=5, window=60, algorithm=algorithm)  # type: ignore[arg-type]
         for _ in range(7)
     ]
     assert [d.allowed for d in results] == [True] * 5 + [False] * 2
@@ -76,43 +76,43 @@ def test_every_algorithm_admits_exactly_the_limit(shield: Shield, algorithm: str
 
 def test_bad_arguments(shield: Shield) -> None:
     with pytest.raises(ValueError, match="window"):
-        shield.rate_limit("k", limit=1, window=0.5)
+        shield.rate_limits.hit("k", limit=1, window=0.5)
     with pytest.raises(ValueError, match="algorithm"):
-        shield.rate_limit("k", limit=1, window=1, algorithm="leaky")  # type: ignore[arg-type]
+        shield.rate_limits.hit("k", limit=1, window=1, algorithm="leaky")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="p_key") as err:
-        shield.rate_limit("", limit=1, window=1)
+        shield.rate_limits.hit("", limit=1, window=1)
     assert err.value.sqlstate == "22023"
     with pytest.raises(InvalidInput, match="p_limit"):
-        shield.rate_limit("k", limit=0, window=1)
+        shield.rate_limits.hit("k", limit=0, window=1)
     with pytest.raises(InvalidInput, match="unknown policy"):
-        shield.check("nope", subject="s")
+        shield.rate_limits.check("nope", subject="s")
 
 
 def test_usage_reset_and_storage(shield: Shield, conn: psycopg.Connection) -> None:
-    after = shield.record_key_usage("u", 12, limit=10, window=60)
+    after = shield.rate_limits.record("u", 12, limit=10, window=60)
     assert not after.allowed and after.retry_after_ms == 50_000
-    assert shield.record_key_usage("u", -5, limit=10, window=60).remaining == 2
-    assert shield.reset_rate_limit("u") == 1
-    assert shield.reset_rate_limit("u", window=60) == 0
-    assert shield.rate_limit_storage() == "unlogged"
-    assert shield.rate_limit_storage("logged") == "logged"
-    assert shield.rate_limit("u", limit=1, window=60).allowed
-    assert shield.rate_limit_storage("unlogged") == "unlogged"
+    assert shield.rate_limits.record("u", -5, limit=10, window=60).remaining == 2
+    assert shield.rate_limits.reset("u") == 1
+    assert shield.rate_limits.reset("u", window=60) == 0
+    assert shield.rate_limits.storage() == "unlogged"
+    assert shield.rate_limits.storage("logged") == "logged"
+    assert shield.rate_limits.hit("u", limit=1, window=60).allowed
+    assert shield.rate_limits.storage("unlogged") == "unlogged"
 
 
 def test_caller_transaction_rolls_back_consumption(db: str, conn: psycopg.Connection) -> None:
     at(conn, T0)
     shield = Shield(db)
     with psycopg.connect(db) as tx:
-        shield.rate_limit("tx", limit=1, window=60, conn=tx)
+        shield.rate_limits.hit("tx", limit=1, window=60, conn=tx)
         tx.rollback()
-    assert shield.rate_limit("tx", limit=1, window=60).allowed
+    assert shield.rate_limits.hit("tx", limit=1, window=60).allowed
     shield.close()
 
 
 # ----------------------------------------------------------------- policies --
 def test_policy_decisions(shield: Shield) -> None:
-    policy = shield.define_rate_limit_policy(
+    policy = shield.rate_limits.define_policy(
         "t-api",
         {"free": {"minute": 3, "hour": 5}, "pro": {60: 10, 3600: 100}},
         algorithm="fixed_window",
@@ -120,9 +120,9 @@ def test_policy_decisions(shield: Shield) -> None:
     )
     assert policy.tiers["free"] == (("minute", 60, 3), ("hour", 3600, 5))
     assert policy.endpoint_costs == {"/chat": 2.5}
-    assert {p.name for p in shield.rate_limit_policies()} >= {"api", "ai_tokens", "t-api"}
+    assert {p.name for p in shield.rate_limits.policies()} >= {"api", "ai_tokens", "t-api"}
 
-    d = shield.check("t-api", subject="alice", cost=3)
+    d = shield.rate_limits.check("t-api", subject="alice", cost=3)
     assert (d.allowed, d.limit, d.remaining, d.tier, d.violated) == (True, 3, 0, "free", ())
     assert d.windows[1] == WindowState(
         name="hour",
@@ -134,45 +134,45 @@ def test_policy_decisions(shield: Shield) -> None:
         retry_after_ms=0,
         allowed=True,
     )
-    denied = shield.check("t-api", subject="alice")
+    denied = shield.rate_limits.check("t-api", subject="alice")
     assert denied.violated == ("minute",) and denied.retry_after_ms == 50_000
-    assert shield.peek_check("t-api", subject="alice").allowed is False
-    assert shield.check("t-api", subject="bob", endpoint="/chat").cost == 3
+    assert shield.rate_limits.peek_check("t-api", subject="alice").allowed is False
+    assert shield.rate_limits.check("t-api", subject="bob", endpoint="/chat").cost == 3
 
-    assert shield.set_rate_limit_tier("alice", "pro") == "pro"
-    assert shield.check("t-api", subject="alice").tier == "pro"
-    assert shield.set_rate_limit_tier("alice", None) is None
+    assert shield.rate_limits.set_tier("alice", "pro") == "pro"
+    assert shield.rate_limits.check("t-api", subject="alice").tier == "pro"
+    assert shield.rate_limits.set_tier("alice", None) is None
 
-    usage = {u.name: u.used for u in shield.rate_limit_usage("alice", "t-api")}
+    usage = {u.name: u.used for u in shield.rate_limits.usage("alice", "t-api")}
     assert usage == {"minute": 4, "hour": 4}
-    assert shield.record_usage("t-api", "alice", 10).allowed is False
-    assert shield.reset_subject("alice", "t-api") == 2
-    counters = {c.policy: (c.allowed, c.denied) for c in shield.rate_limit_counters()}
+    assert shield.rate_limits.record_usage("t-api", "alice", 10).allowed is False
+    assert shield.rate_limits.reset_subject("alice", "t-api") == 2
+    counters = {c.policy: (c.allowed, c.denied) for c in shield.rate_limits.counters()}
     assert counters["t-api"] == (3, 1)
-    assert shield.drop_rate_limit_policy("t-api") is True
+    assert shield.rate_limits.drop_policy("t-api") is True
 
 
 def test_roles(shield: Shield, conn: psycopg.Connection) -> None:
     with act_as(conn, "authenticated", sub=ALICE), pytest.raises(NotAllowed):
-        shield.rate_limit("k", limit=1, window=60, conn=conn)
+        shield.rate_limits.hit("k", limit=1, window=60, conn=conn)
     with act_as(conn, "authenticated", sub=ALICE):
-        assert shield.check("api", conn=conn).subject == str(ALICE)
+        assert shield.rate_limits.check("api", conn=conn).subject == str(ALICE)
     with act_as(conn, "authenticated", sub=ALICE), pytest.raises(NotAllowed):
-        shield.check("api", subject="someone-else", conn=conn)
+        shield.rate_limits.check("api", subject="someone-else", conn=conn)
     with (
         act_as(conn, "anon", headers={"x-forwarded-for": "198.51.100.9"}),
         pytest.raises(NotAllowed),
     ):
-        shield.check("api", conn=conn)
+        shield.rate_limits.check("api", conn=conn)
     with act_as(conn, "service_role"):
-        assert shield.check("api", subject="key:1", conn=conn).subject == "key:1"
+        assert shield.rate_limits.check("api", subject="key:1", conn=conn).subject == "key:1"
 
 
 def test_cleanup(shield: Shield, conn: psycopg.Connection) -> None:
-    shield.rate_limit("c", limit=1, window=1)
+    shield.rate_limits.hit("c", limit=1, window=1)
     at(conn, T0 + dt.timedelta(seconds=5))
-    assert shield.cleanup_rate_limits() == 1
-    assert shield.cleanup_rate_limits(batch_size=10) == 0
+    assert shield.rate_limits.cleanup() == 1
+    assert shield.rate_limits.cleanup(batch_size=10) == 0
 
 
 # ------------------------------------------------------------------ headers --
@@ -218,11 +218,11 @@ def test_retry_after_rounds_up_and_is_absent_when_it_cannot_help() -> None:
 
 
 def test_policy_headers_list_every_window(shield: Shield, conn: psycopg.Connection) -> None:
-    d = shield.check("ai_tokens", cost=1000, subject="s")
+    d = shield.rate_limits.check("ai_tokens", cost=1000, subject="s")
     h = d.headers(now=T0)
     assert h["RateLimit-Policy"] == '"ai_tokens-day";q=50000;w=86400'
     assert h["RateLimit"] == f'"ai_tokens-day";r=49000;t={86400 - 10}'
-    api = shield.check("api", subject="s").headers(now=T0)
+    api = shield.rate_limits.check("api", subject="s").headers(now=T0)
     assert api["RateLimit-Policy"].count(";w=") == 3 and api["RateLimit"].startswith('"api-minute"')
 
 
@@ -232,12 +232,12 @@ def test_async_shield(db: str, conn: psycopg.Connection) -> None:
 
     async def main() -> list[Decision]:
         async with AsyncShield(db) as s:
-            a = await s.rate_limit("ak", limit=1, window=60)
-            b = await s.rate_limit("ak", limit=1, window=60)
-            c = await s.check("api", subject="async-user", cost=2)
-            d = await s.peek_check("api", subject="async-user")
-            assert await s.reset_rate_limit("ak") == 1
-            assert (await s.rate_limit_usage("async-user"))[0].used == 2
+            a = await s.rate_limits.hit("ak", limit=1, window=60)
+            b = await s.rate_limits.hit("ak", limit=1, window=60)
+            c = await s.rate_limits.check("api", subject="async-user", cost=2)
+            d = await s.rate_limits.peek_check("api", subject="async-user")
+            assert await s.rate_limits.reset("ak") == 1
+            assert (await s.rate_limits.usage("async-user"))[0].used == 2
             return [a, b, c, d]
 
     a, b, c, d = asyncio.run(main())

@@ -12,13 +12,15 @@ from pgshield.errors import (
     ShieldError,
     Unavailable,
 )
-from pgshield.jsonb import JsonbTarget
+from pgshield.jsonb import AsyncJsonbMerges, JsonbMerges, JsonbTarget
 from pgshield.rate_limit import (
     AsyncRateLimiter,
+    AsyncRateLimits,
     Counter,
     Decision,
     Policy,
     RateLimiter,
+    RateLimits,
     Usage,
     WindowState,
 )
@@ -27,12 +29,15 @@ from pgshield.shield import AsyncShield, Shield
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncJsonbMerges",
     "AsyncRateLimiter",
+    "AsyncRateLimits",
     "AsyncShield",
     "Conflict",
     "Counter",
     "Decision",
     "InvalidInput",
+    "JsonbMerges",
     "JsonbTarget",
     "MigrationError",
     "NotAllowed",
@@ -40,6 +45,7 @@ __all__ = [
     "Policy",
     "RateLimited",
     "RateLimiter",
+    "RateLimits",
     "Retryable",
     "SetupError",
     "Shield",

@@ -180,7 +180,7 @@ class _Settings:
         self.isolation = isolation.lower() if isolation else None
         self.retries = retries
 
-    def preamble(self) -> list[tuple[str, Mapping[str, Any]]]:
+    def _preamble(self) -> list[tuple[str, Mapping[str, Any]]]:
         """Statements that open our own transaction for one call (none: run in autocommit)."""
         stmts: list[tuple[str, Mapping[str, Any]]] = []
         if self.isolation:
@@ -195,11 +195,11 @@ class _Settings:
         return stmts
 
     @staticmethod
-    def owns_transaction(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
+    def _owns_transaction(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
         """True when a call on ``conn`` may open (and retry) its own transaction."""
         return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
 
-    def backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int) -> float:
         return min(0.2, 0.005 * (2**attempt)) * (0.5 + random.random())
 
 
@@ -264,7 +264,7 @@ class SyncClient(_Settings):
             _WATCHDOG.disarm(watch)
 
     def _attempts(self, conn: psycopg.Connection, op: Op[T], watch: list[Any] | None) -> T:
-        own = self.owns_transaction(conn)
+        own = self._owns_transaction(conn)
         attempt = 0
         while True:
             try:
@@ -275,12 +275,12 @@ class SyncClient(_Settings):
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
-                    time.sleep(self.backoff(attempt))
+                    time.sleep(self._backoff(attempt))
                     continue
                 raise err from exc
 
     def _execute(self, conn: psycopg.Connection, op: Op[T], own: bool) -> list[Row]:
-        preamble = self.preamble() if own else []
+        preamble = self._preamble() if own else []
         with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
                 cur.execute(op.sql, op.params)
@@ -303,7 +303,7 @@ class AsyncClient(_Settings):
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
-        """Close the connection pgshield opened itself."""
+        """Close the connection pgshield opened itself (never a caller's connection or pool)."""
         async with self._lock:
             if self._conn is not None:
                 await self._conn.close()
@@ -354,7 +354,7 @@ class AsyncClient(_Settings):
     async def _attempts(
         self, conn: psycopg.AsyncConnection, op: Op[T], fired: list[bool] | None
     ) -> T:
-        own = self.owns_transaction(conn)
+        own = self._owns_transaction(conn)
         attempt = 0
         while True:
             try:
@@ -365,12 +365,12 @@ class AsyncClient(_Settings):
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
-                    await asyncio.sleep(self.backoff(attempt))
+                    await asyncio.sleep(self._backoff(attempt))
                     continue
                 raise err from exc
 
     async def _execute(self, conn: psycopg.AsyncConnection, op: Op[T], own: bool) -> list[Row]:
-        preamble = self.preamble() if own else []
+        preamble = self._preamble() if own else []
         async with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
                 await cur.execute(op.sql, op.params)

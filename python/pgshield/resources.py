@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgshield.modules import MODULES
+
 # The order in which sql/<module>.sql files build a database (the same order as migrations/).
-MODULE_ORDER: tuple[str, ...] = ("core", "rate_limit", "jsonb")
+MODULE_ORDER: tuple[str, ...] = tuple(m.name for m in MODULES)
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parent.parent

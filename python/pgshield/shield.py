@@ -1,24 +1,44 @@
-"""``Shield`` and ``AsyncShield``: the client core plus every module's methods."""
+"""``Shield`` and ``AsyncShield``: the client core, the pack's version, one namespace per module.
+
+Each module's methods live in its own namespace (``shield.rate_limits``, ``shield.jsonb``), so
+modules cannot collide and plumbing stays private. A module with a namespace is registered in
+:data:`pgshield.modules.MODULES`; its line here is held to the registry by tests/test_layout.py.
+"""
 
 from __future__ import annotations
 
+import psycopg
+
 from pgshield.client import AsyncClient, SyncClient
-from pgshield.core import AsyncCoreMethods, CoreMethods
-from pgshield.jsonb import AsyncJsonbMethods, JsonbMethods
-from pgshield.rate_limit import AsyncRateLimitMethods, RateLimitMethods
-
-# Module mixins are listed here, one line each (rate limiting, jsonb, ...).
-_SYNC_MIXINS: tuple[type, ...] = (CoreMethods, JsonbMethods, RateLimitMethods)
-_ASYNC_MIXINS: tuple[type, ...] = (AsyncCoreMethods, AsyncJsonbMethods, AsyncRateLimitMethods)
+from pgshield.core import version_op
+from pgshield.jsonb import AsyncJsonbMerges, JsonbMerges
+from pgshield.namespace import namespace
+from pgshield.rate_limit import AsyncRateLimits, RateLimits
 
 
-class Shield(*_SYNC_MIXINS, SyncClient):  # type: ignore[misc]
+class Shield(SyncClient):
     """Synchronous pgshield client.
 
     ``Shield(dsn)``, ``Shield(connection)`` or ``Shield(pool)``; nothing is opened until the
     first call. Every method accepts ``conn=`` to run inside the caller's own transaction.
+    ``timeout`` bounds every call (the server's ``statement_timeout``, and a stopped server
+    too); ``isolation`` and ``retries`` apply when pgshield owns the transaction.
     """
 
+    rate_limits = namespace(RateLimits)
+    jsonb = namespace(JsonbMerges)
 
-class AsyncShield(*_ASYNC_MIXINS, AsyncClient):  # type: ignore[misc]
-    """Asyncio pgshield client: the same methods as :class:`Shield`, awaited."""
+    def version(self, conn: psycopg.Connection | None = None) -> str:
+        """The version of the pack installed in the database."""
+        return self.call(version_op(), conn)
+
+
+class AsyncShield(AsyncClient):
+    """Asyncio pgshield client: the same namespaces and methods as :class:`Shield`, awaited."""
+
+    rate_limits = namespace(AsyncRateLimits)
+    jsonb = namespace(AsyncJsonbMerges)
+
+    async def version(self, conn: psycopg.AsyncConnection | None = None) -> str:
+        """The version of the pack installed in the database."""
+        return await self.call(version_op(), conn)

@@ -9,13 +9,12 @@ import click
 from pgshield import __version__
 from pgshield.cli.context import dsn_option, expected_errors, resolve_dsn
 from pgshield.cli.db import db
-from pgshield.cli.jsonb import jsonb
 from pgshield.cli.output import emit, emit_json, json_option
-from pgshield.cli.rate_limit import ratelimit
 from pgshield.client import connect
 from pgshield.migrations import export as export_migrations
 from pgshield.migrations import migrate as run_migrations
 from pgshield.migrations import status as migration_status
+from pgshield.modules import MODULES, load
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -30,8 +29,9 @@ def main() -> None:
 
 
 main.add_command(db)
-main.add_command(jsonb)
-main.add_command(ratelimit)
+for _module in MODULES:  # one click group per module, from the registry
+    if _module.cli:
+        main.add_command(load(_module.cli))  # type: ignore[arg-type]
 
 
 @main.command()

@@ -42,7 +42,7 @@ def targets(dsn: str | None, as_json: bool) -> None:
     Example: pgshield jsonb targets --json
     """
     with Shield(resolve_dsn(dsn)) as shield:
-        rows = shield.jsonb_targets()
+        rows = shield.jsonb.targets()
     emit(rows, as_json, TARGET_COLUMNS)  # type: ignore[arg-type]
 
 
@@ -67,7 +67,7 @@ def register(table: str, column: str, key_column: str, dsn: str | None, as_json:
     Example: pgshield jsonb register public.assessments responses --key id
     """
     with Shield(resolve_dsn(dsn)) as shield:
-        created = shield.register_jsonb_target(table, column, key_column)
+        created = shield.jsonb.register(table, column, key_column)
     result = {"table": table, "column": column, "key_column": key_column, "created": created}
     if as_json:
         emit_json(result)
@@ -89,7 +89,7 @@ def unregister(table: str, dsn: str | None, as_json: bool) -> None:
     Example: pgshield jsonb unregister public.assessments
     """
     with Shield(resolve_dsn(dsn)) as shield:
-        removed = shield.unregister_jsonb_target(table)
+        removed = shield.jsonb.unregister(table)
     if as_json:
         emit_json({"table": table, "removed": removed})
     else:
@@ -134,10 +134,10 @@ def merge(
     value = _parse_patch(patch)
     with Shield(resolve_dsn(dsn)) as shield:
         if expected_hash is None:
-            document = shield.merge_jsonb(table, id, value, path)
+            document = shield.jsonb.merge(table, id, value, path)
         else:
-            document = shield.merge_jsonb_if(table, id, value, expected_hash, path)
-        digest = shield.jsonb_hash(document) if as_json else None
+            document = shield.jsonb.merge_if(table, id, value, expected_hash, path)
+        digest = shield.jsonb.hash(document) if as_json else None
     if as_json:
         emit_json(
             {"table": table, "id": id, "path": list(path), "document": document, "hash": digest}

@@ -54,14 +54,14 @@ def _decide(
                 "--policy takes its limits from the database: drop --limit/--window"
             )
         with Shield(resolve_dsn(dsn)) as shield:
-            decide = shield.peek_check if peek else shield.check
+            decide = shield.rate_limits.peek_check if peek else shield.rate_limits.check
             return decide(policy, cost=cost, endpoint=endpoint, subject=target)
     if limit is None or window is None:
         raise click.UsageError("give --policy NAME, or both --limit and --window")
     if endpoint is not None:
         raise click.UsageError("--endpoint needs --policy")
     with Shield(resolve_dsn(dsn)) as shield:
-        decide_key = shield.peek_rate_limit if peek else shield.rate_limit
+        decide_key = shield.rate_limits.peek if peek else shield.rate_limits.hit
         return decide_key(target, limit=limit, window=window, cost=cost, algorithm=algorithm)  # type: ignore[arg-type]
 
 
@@ -167,9 +167,9 @@ def reset(
         if policy is not None or is_subject:
             if window is not None:
                 raise click.UsageError("--window applies to direct keys only")
-            deleted = shield.reset_subject(target, policy)
+            deleted = shield.rate_limits.reset_subject(target, policy)
         else:
-            deleted = shield.reset_rate_limit(target, window)
+            deleted = shield.rate_limits.reset(target, window)
     if as_json:
         emit_json({"target": target, "deleted": deleted})
     else:
@@ -186,7 +186,7 @@ def policies(dsn: str | None, as_json: bool) -> None:
     Example: pgshield ratelimit policies --json
     """
     with Shield(resolve_dsn(dsn)) as shield:
-        found = shield.rate_limit_policies()
+        found = shield.rate_limits.policies()
     if as_json:
         emit_json(found)
         return
@@ -218,7 +218,7 @@ def usage(subject: str | None, policy: str | None, dsn: str | None, as_json: boo
     """
     with Shield(resolve_dsn(dsn)) as shield:
         if subject is None:
-            counters = shield.rate_limit_counters()
+            counters = shield.rate_limits.counters()
             rows = [
                 {"policy": c.policy or "(direct keys)", "allowed": c.allowed, "denied": c.denied}
                 for c in counters
@@ -226,7 +226,7 @@ def usage(subject: str | None, policy: str | None, dsn: str | None, as_json: boo
             ]
             emit(rows, as_json, ["policy", "allowed", "denied"])
             return
-        found = shield.rate_limit_usage(subject, policy)
+        found = shield.rate_limits.usage(subject, policy)
     emit(
         [u.__dict__ for u in found],
         as_json,

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pgshield.demo import core, jsonb, rate_limit
+from pgshield.modules import MODULES, load
 
 Echo = Callable[[str], None]
 
-# One line per module section, in tour order.
-SECTIONS: list[Callable[[str, Echo], None]] = [core.run, rate_limit.run, jsonb.run]
+
+def sections() -> list[Callable[[str, Echo], None]]:
+    """Every module's demo section, in registry (tour) order."""
+    return [load(m.demo) for m in MODULES if m.demo]  # type: ignore[misc]
 
 
 def run_demo(dsn: str | None, echo: Echo) -> None:
     """Run every section against ``dsn``, or against a throw-away embedded cluster."""
     if dsn:
-        for section in SECTIONS:
+        for section in sections():
             section(dsn, echo)
         return
     from pgshield.embedded import throwaway_cluster
@@ -25,10 +27,6 @@ def run_demo(dsn: str | None, echo: Echo) -> None:
     with throwaway_cluster("pgshield-demo-") as cluster:
         dsn = prepare_cluster(cluster)
         echo(f"  {dsn}\n")
-        for section in SECTIONS:
+        for section in sections():
             section(dsn, echo)
     echo("Done: the throw-away cluster was stopped and removed.")
-
-
-def heading(echo: Echo, title: str) -> None:
-    echo(f"== {title} " + "=" * max(0, 70 - len(title)))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pgshield.cli.output import table
 from pgshield.doctor import diagnose
+from pgshield.text import heading, table
 
 
 def run(dsn: str, echo: Callable[[str], None]) -> None:
-    from pgshield.demo import heading
-
-    heading(echo, "pack status")
+    echo(heading("pack status"))
     echo(table(diagnose(dsn), ["check", "status", "detail"]))
     echo("")

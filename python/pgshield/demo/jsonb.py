@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgshield.cli.output import table
 from pgshield.client import connect
 from pgshield.shield import Shield
+from pgshield.text import heading, table
 
 WRITERS = 50
 TABLE = "public.pgshield_demo_assessments"
@@ -50,9 +50,7 @@ def _answer(i: int) -> dict[str, Any]:
 
 
 def run(dsn: str, echo: Callable[[str], None]) -> None:
-    from pgshield.demo import heading
-
-    heading(echo, "jsonb: 50 concurrent answers to one assessment")
+    echo(heading("jsonb: 50 concurrent answers to one assessment"))
     with connect(dsn) as conn:
         conn.execute(
             f"create table if not exists {TABLE}"
@@ -61,7 +59,7 @@ def run(dsn: str, echo: Callable[[str], None]) -> None:
         conn.execute(f"insert into {TABLE} (id) values (1) on conflict (id) do nothing")
         conn.execute(f"update {TABLE} set responses = '{{}}' where id = 1")
         shield = Shield(conn)
-        shield.register_jsonb_target(TABLE, "responses")
+        shield.jsonb.register(TABLE, "responses")
         try:
             echo(f"{WRITERS} writers start together; writer i answers question q<i>.")
 
@@ -75,7 +73,7 @@ def run(dsn: str, echo: Callable[[str], None]) -> None:
             conn.execute(f"update {TABLE} set responses = '{{}}' where id = 1")
 
             def merged(c: psycopg.Connection, i: int) -> None:
-                Shield(c).merge_jsonb(TABLE, 1, _answer(i), [f"q{i}"])
+                Shield(c).jsonb.merge(TABLE, 1, _answer(i), [f"q{i}"])
 
             _together(dsn, merged)
             merged_kept = _answers(conn)
@@ -97,6 +95,6 @@ def run(dsn: str, echo: Callable[[str], None]) -> None:
                 " '{\"answer\": \"B\"}', '{q17}')"
             )
         finally:
-            shield.unregister_jsonb_target(TABLE)
+            shield.jsonb.unregister(TABLE)
             conn.execute(f"drop table if exists {TABLE}")
     echo("")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from pgshield.cli.output import table
 from pgshield.client import connect
 from pgshield.rate_limit import ALGORITHMS, Decision
 from pgshield.shield import Shield
+from pgshield.text import heading, table
 
 BURST = 8
 LIMIT = 5
@@ -23,9 +23,7 @@ def _cell(d: Decision) -> str:
 
 
 def run(dsn: str, echo: Callable[[str], None]) -> None:
-    from pgshield.demo import heading
-
-    heading(echo, "rate limiting")
+    echo(heading("rate limiting"))
     echo(f"A burst of {BURST} requests against {LIMIT} per {WINDOW} s, one key per algorithm.")
     echo("Every instance of an application asking the same database gets the same answers.\n")
     # Everything runs in one transaction that is rolled back: the frozen clock is never seen by
@@ -37,7 +35,7 @@ def run(dsn: str, echo: Callable[[str], None]) -> None:
         for i in range(1, BURST + 1):
             row: dict[str, str | int] = {"request": i}
             for algorithm in ALGORITHMS:
-                d = shield.rate_limit(
+                d = shield.rate_limits.hit(
                     f"demo:{algorithm}", limit=LIMIT, window=WINDOW, algorithm=algorithm
                 )
                 row[algorithm] = _cell(d)
@@ -48,7 +46,7 @@ def run(dsn: str, echo: Callable[[str], None]) -> None:
         echo("100/hour, 500/day), asking for 4 at a time; a denial consumes nothing:\n")
         rows = []
         for i in range(1, 5):
-            d = shield.check("api", cost=4, subject="demo-user")
+            d = shield.rate_limits.check("api", cost=4, subject="demo-user")
             rows.append(
                 {
                     "call": i,
