@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml python/pgshield/__init__.py
 setup: system $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check python tests bench
-	$(BIN)/ruff format --check python tests bench
+	$(BIN)/ruff check python tests bench scripts
+	$(BIN)/ruff format --check python tests bench scripts
 	$(BIN)/python -m pgshield._twin --check
 	$(BIN)/squawk --assume-in-transaction migrations/*.sql
 

@@ -169,7 +169,8 @@ def test_cli_dry_run_changes_nothing_then_status(bare_db: str) -> None:
     runner = CliRunner()
     dry = runner.invoke(main, ["migrate", "--dsn", bare_db, "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert [line.split()[-1] for line in dry.output.splitlines()] == [
+    assert dry.output.splitlines()[0] == "pack installed: none"
+    assert [line.split()[-1] for line in dry.output.splitlines()[1:]] == [
         m.filename for m in discover()
     ]
     with psycopg.connect(bare_db) as conn:

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import psycopg
 
 from pgshield import __version__
 from pgshield.cli.context import dsn_option, expected_errors, resolve_dsn
 from pgshield.cli.db import db
 from pgshield.cli.output import emit, emit_json, json_option
 from pgshield.client import connect
+from pgshield.migrations import Migration
 from pgshield.migrations import export as export_migrations
 from pgshield.migrations import migrate as run_migrations
 from pgshield.migrations import status as migration_status
 from pgshield.modules import MODULES, load
+from pgshield.resources import release_of
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -46,19 +49,41 @@ def migrate(dsn: str | None, dry_run: bool, as_json: bool) -> None:
     """
     dsn = resolve_dsn(dsn, apply_migrations=False)
     with connect(dsn, timeout=10) as conn:
+        before = installed_version(conn)
         shown = not as_json and not dry_run
-        done = run_migrations(
-            conn,
-            dry_run=dry_run,
-            progress=(lambda m: click.echo(f"applying {m.filename}")) if shown else None,
-        )
-    rows = [{"version": m.version, "name": m.name, "file": m.filename} for m in done]
+
+        def announce(m: Migration) -> None:
+            click.echo(f"applying {m.filename} ({release_of(m.filename) or 'unreleased'})")
+
+        done = run_migrations(conn, dry_run=dry_run, progress=announce if shown else None)
+        after = before if dry_run else installed_version(conn)
+    rows = [
+        {
+            "version": m.version,
+            "name": m.name,
+            "file": m.filename,
+            "release": release_of(m.filename),
+        }
+        for m in done
+    ]
     if as_json:
-        emit_json({"dry_run": dry_run, "migrations": rows})
+        emit_json({"dry_run": dry_run, "from": before, "to": after, "migrations": rows})
     elif dry_run:
+        click.echo(f"pack installed: {before or 'none'}")
         click.echo("\n".join(f"would apply {r['file']}" for r in rows) or "nothing to apply")
+    elif rows:
+        click.echo(f"applied {len(rows)} migration(s): pack {before or 'none'} -> {after}")
     else:
-        click.echo(f"applied {len(rows)} migration(s)" if rows else "nothing to apply")
+        click.echo(f"nothing to apply: pack {after}")
+
+
+def installed_version(conn: psycopg.Connection) -> str | None:
+    """The pack version a database reports (None before the core migration)."""
+    row = conn.execute("select to_regprocedure('pgshield.version()') is not null").fetchone()
+    if not (row and row[0]):
+        return None
+    row = conn.execute("select pgshield.version()").fetchone()
+    return row[0] if row else None
 
 
 @main.command()
