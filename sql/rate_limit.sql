@@ -1,7 +1,10 @@
 -- =============================================================================
 -- pgshield rate_limit: atomic rate limits kept in the database.
 --
--- Entry points (schema public, security definer, each checks its caller):
+-- Entry points (schema public; each checks its caller). Those anon or
+-- authenticated may call run as the invoker and reach the security definer
+-- logic in pgshield (rate_limit_check, rate_limit_usage_of): Supabase's Security
+-- Advisor flags security definer functions in an exposed schema.
 --   increment_rate_limit   one key, one window, caller-chosen limit   service_role
 --   peek_rate_limit        the same decision as a dry run             service_role
 --   record_rate_limit_key_usage  add or refund cost on a key          service_role
@@ -29,6 +32,7 @@
 -- Applied in one transaction: never wait long for a lock on the user's database.
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
+set local search_path = pg_catalog, pg_temp;
 
 -- ------------------------------------------------------------------ state ----
 -- One row per (key, policy, window). Direct keys (increment_rate_limit) use
@@ -199,6 +203,21 @@ begin
   end if;
 end
 $$;
+
+-- A type of these names that the pack did not create (another owner, other
+-- fields, a domain with a CHECK calling someone's function) would run its
+-- owner's code inside the pack's functions: refuse it.
+select pgshield.assert_pack_type('public.rate_limit_result',
+  'allowed boolean, limit integer, remaining integer, reset_at timestamp with time zone, '
+  'retry_after_ms integer, key text, algorithm text, window_seconds integer, cost integer');
+select pgshield.assert_pack_type('public.rate_limit_check_result',
+  'allowed boolean, limit integer, remaining integer, reset_at timestamp with time zone, '
+  'retry_after_ms integer, policy text, tier text, subject text, cost integer, unit text, '
+  'windows jsonb, violated text[]');
+select pgshield.assert_pack_type('pgshield.rate_limit_eval',
+  'fits boolean, window_start timestamp with time zone, count bigint, prev_count bigint, '
+  'tat numeric, remaining integer, used bigint, reset_at timestamp with time zone, '
+  'retry_after_ms integer');
 
 comment on type public.rate_limit_result is
   'One decision on one key: allowed, limit, remaining, reset_at, retry_after_ms (0 when allowed, -1 when the cost exceeds the limit).';
@@ -805,8 +824,9 @@ grant execute on function public.reset_rate_limit(text, integer) to service_role
 
 -- -------------------------------------------------------- policy decisions ----
 
--- The policy named p_policy, or 22023.
--- Callers: pack functions. Errors: 22023 null or unknown policy.
+-- The policy named p_policy, or 22023. An anonymous caller learns nothing
+-- about policies it may not use: unknown and closed policies are the same 42501.
+-- Callers: pack functions. Errors: 22023 null or unknown policy; 42501 anon.
 create or replace function pgshield.rate_limit_policy(p_policy text) returns pgshield.rate_limit_policies
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -818,7 +838,12 @@ begin
     raise exception using errcode = '22023', message = 'p_policy must not be null';
   end if;
   select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
-  if not found then
+  if v_policy.allow_anonymous is not true and pgshield.caller_role() = 'anon' then
+    raise exception using errcode = '42501',
+      message = 'this policy is not available to anonymous callers',
+      hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
+  end if;
+  if v_policy.name is null then
     raise exception using errcode = '22023', message = format('p_policy: unknown policy %L', p_policy),
       hint = 'list the policies with public.get_rate_limit_policies()';
   end if;
@@ -831,8 +856,9 @@ revoke all on function pgshield.rate_limit_policy(text) from public, anon, authe
 -- The subject a policy call acts on, from the caller's role:
 --   trusted (service_role, owner): p_subject, which is then required;
 --   authenticated: auth.uid(), p_subject must be null or the same;
---   anon: "anon:<first x-forwarded-for entry>" when the policy allows anonymous
---   callers ("anon:unknown" without a usable header).
+--   anon: "anon:<client address>" when the policy allows anonymous callers,
+--   the address from pgshield.client_address() (the configured header and
+--   trusted proxy hops; IPv6 grouped by prefix), "anon:unknown" without one.
 -- anon and authenticated are never trusted, so caller_is_trusted() is only
 -- asked about other roles.
 -- Callers: pack functions. Errors: 22023 missing or bad subject, 42501 not allowed.
@@ -845,7 +871,6 @@ as $$
 declare
   v_role name := pgshield.caller_role();
   v_uid uuid;
-  v_ip text;
 begin
   if p_subject is not null and length(p_subject) not between 1 and 256 then
     raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
@@ -865,22 +890,13 @@ begin
   if v_role = 'anon' then
     if not p_policy.allow_anonymous then
       raise exception using errcode = '42501',
-        message = format('policy %L does not allow anonymous callers', p_policy.name),
-        hint = 'sign in, or define the policy with p_allow_anonymous => true';
+        message = 'this policy is not available to anonymous callers',
+        hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
     end if;
     if p_subject is not null then
       raise exception using errcode = '42501', message = 'p_subject is only honoured for service_role';
     end if;
-    v_ip := btrim(split_part(
-      nullif(current_setting('request.headers', true), '')::jsonb ->> 'x-forwarded-for', ',', 1));
-    if v_ip is null or v_ip !~ '^[0-9A-Fa-f:.]{2,45}$' then
-      return 'anon:unknown';
-    end if;
-    begin
-      return 'anon:' || host(v_ip::inet);
-    exception when invalid_text_representation then
-      return 'anon:unknown';
-    end;
+    return 'anon:' || coalesce(pgshield.client_address(), 'unknown');
   end if;
   if v_role = 'service_role' or pgshield.caller_is_trusted() then
     if p_subject is null then
@@ -937,15 +953,14 @@ declare
   v_prev2 bigint[];
   v_tat2 numeric[];
   v_e pgshield.rate_limit_eval;
-  v_evals pgshield.rate_limit_eval[] := '{}';
+  v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
   v_all_fit boolean := true;
   v_moved boolean := false;
   v_res public.rate_limit_check_result;
   v_bind integer;
   v_remaining integer;
   v_windows jsonb := '[]'::jsonb;
-  v_violated text[] := '{}';
-  v_i integer;
+  v_violated text[] := array[]::text[];
   v_seq bigint;
 begin
   v_now := pgshield.now();
@@ -1018,7 +1033,7 @@ begin
     end loop;
     if v_moved then
       v_alg := v_alg2; v_start := v_start2; v_count := v_count2; v_prev := v_prev2; v_tat := v_tat2;
-      v_evals := '{}';
+      v_evals := array[]::pgshield.rate_limit_eval[];
       v_all_fit := true;
       for v_i in 1 .. v_n loop
         v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
@@ -1149,25 +1164,51 @@ $$;
 
 revoke all on function pgshield.rate_limit_cost(text, integer, text) from public, anon, authenticated, service_role;
 
--- Consumes p_cost (times the endpoint's multiplier) from every window of the
--- caller's tier under policy p_policy, or from none.
--- Callers: service_role (any p_subject, required); authenticated (limited as
--- auth.uid()); anon when the policy allows anonymous callers (keyed by IP).
+-- A policy call for the current caller: the policy, then the subject (which
+-- refuses callers that may not use the policy), then the cost, so a caller
+-- that may not use a policy learns nothing about its endpoints either. With
+-- p_peek nothing is consumed or counted. The logic behind check_rate_limit
+-- and peek_check_rate_limit, which run as the invoker in public.
+-- Callers: anon, authenticated, service_role (through those entry points).
 -- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed.
-create or replace function public.check_rate_limit(
-  p_policy text,
-  p_cost integer default 1,
-  p_endpoint text default null,
-  p_subject text default null
+create or replace function pgshield.rate_limit_check(
+  p_policy text, p_cost integer, p_endpoint text, p_subject text, p_peek boolean
 ) returns public.rate_limit_check_result
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_policy pgshield.rate_limit_policies := pgshield.rate_limit_policy(p_policy);
-  v_cost bigint := pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint);
+  v_subject text := pgshield.rate_limit_subject(v_policy, p_subject);
 begin
-  return pgshield.rate_limit_decide(v_policy, pgshield.rate_limit_subject(v_policy, p_subject), v_cost, 'check');
+  return pgshield.rate_limit_decide(v_policy, v_subject, pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint),
+                                    case when p_peek then 'peek' else 'check' end);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  to anon, authenticated, service_role;
+
+-- Consumes p_cost (times the endpoint's multiplier) from every window of the
+-- caller's tier under policy p_policy, or from none. Runs as the invoker.
+-- Callers: service_role (any p_subject, required); authenticated (limited as
+-- auth.uid()); anon when the policy allows anonymous callers (keyed by the
+-- client address, see pgshield.client_address()).
+-- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed
+-- (anon: also for a policy that does not exist).
+create or replace function public.check_rate_limit(
+  p_policy text,
+  p_cost integer default 1,
+  p_endpoint text default null,
+  p_subject text default null
+) returns public.rate_limit_check_result
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, false);
 end
 $$;
 
@@ -1177,21 +1218,18 @@ grant execute on function public.check_rate_limit(text, integer, text, text)
   to anon, authenticated, service_role;
 
 -- What check_rate_limit would answer now, without consuming or counting.
--- Callers and errors: as check_rate_limit.
+-- Runs as the invoker. Callers and errors: as check_rate_limit.
 create or replace function public.peek_check_rate_limit(
   p_policy text,
   p_cost integer default 1,
   p_endpoint text default null,
   p_subject text default null
 ) returns public.rate_limit_check_result
-language plpgsql volatile security definer
+language plpgsql volatile security invoker
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_policy pgshield.rate_limit_policies := pgshield.rate_limit_policy(p_policy);
-  v_cost bigint := pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint);
 begin
-  return pgshield.rate_limit_decide(v_policy, pgshield.rate_limit_subject(v_policy, p_subject), v_cost, 'peek');
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, true);
 end
 $$;
 
@@ -1268,7 +1306,7 @@ grant execute on function public.reset_rate_limit_subject(text, text) to service
 -- Callers: the owner, service_role (through the view). Errors: none.
 create or replace function pgshield.rate_limit_usage_rows()
 returns table (
-  key text, policy text, window_seconds integer, algorithm text, "limit" integer,
+  key text, policy text, window_seconds integer, algorithm text, limit_value integer,
   used bigint, remaining integer, reset_at timestamptz, expires_at timestamptz
 )
 language plpgsql stable security definer
@@ -1293,9 +1331,11 @@ grant execute on function pgshield.rate_limit_usage_rows() to service_role;
 
 -- Current usage per key (direct keys: policy null) or per subject and policy,
 -- one row per window. Readable by the owner and service_role (pgshield is
--- not exposed by the Data API).
+-- not exposed by the Data API). It evaluates every live row: for one
+-- subject, use public.get_rate_limit_usage(), which reads only its rows.
 create or replace view pgshield.rate_limit_usage as
-select u.key, u.policy, u.window_seconds, u.algorithm, u."limit", u.used, u.remaining, u.reset_at, u.expires_at
+select u.key, u.policy, u.window_seconds, u.algorithm, u.limit_value as "limit", u.used, u.remaining,
+       u.reset_at, u.expires_at
   from pgshield.rate_limit_usage_rows() u;
 comment on view pgshield.rate_limit_usage is
   'Current usage per key (direct keys: policy null) or per subject and policy, one row per window.';
@@ -1303,16 +1343,20 @@ revoke all on table pgshield.rate_limit_usage from public, anon, authenticated, 
 grant select on table pgshield.rate_limit_usage to service_role;
 
 -- A subject's current usage as a JSON array (one object per policy window).
+-- Reads only that subject's rows (the primary key starts with the key), so
+-- its cost does not grow with other subjects' state.
 -- Callers: authenticated (own usage only: p_subject null or auth.uid()),
--- service_role (p_subject required).
+-- service_role (p_subject required), through public.get_rate_limit_usage.
 -- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
-create or replace function public.get_rate_limit_usage(p_subject text default null, p_policy text default null)
+create or replace function pgshield.rate_limit_usage_of(p_subject text, p_policy text)
 returns jsonb
 language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_subject text := p_subject;
+  v_now timestamptz := pgshield.now();
+  v_now_us bigint := (extract(epoch from v_now) * 1000000)::bigint;
 begin
   if p_subject is not null and length(p_subject) not between 1 and 256 then
     raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
@@ -1331,18 +1375,38 @@ begin
   end if;
   return coalesce((
     select jsonb_agg(jsonb_build_object(
-             'policy', u.policy, 'window_seconds', u.window_seconds, 'name',
-             coalesce(w.name, pgshield.rate_limit_window_name(u.window_seconds)),
-             'limit', u."limit", 'used', u.used, 'remaining', u.remaining, 'reset_at', u.reset_at)
-             order by u.policy, u.window_seconds)
-      from pgshield.rate_limit_usage u
+             'policy', s.policy, 'window_seconds', s.window_seconds, 'name',
+             coalesce(w.name, pgshield.rate_limit_window_name(s.window_seconds)),
+             'limit', s.limit_value, 'used', e.used, 'remaining', e.remaining, 'reset_at', e.reset_at)
+             order by s.policy, s.window_seconds)
+      from pgshield.rate_limit_state s
+     cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
+              v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
       left join lateral (
         select w.name from pgshield.rate_limit_policy_windows w
-         where w.policy = u.policy and w.window_seconds = u.window_seconds limit 1
+         where w.policy = s.policy and w.window_seconds = s.window_seconds limit 1
       ) w on true
-     where u.key = v_subject and u.policy is not null
-       and (p_policy is null or u.policy = p_policy)
+     where s.key = v_subject and s.policy <> ''
+       and (p_policy is null or s.policy = p_policy)
+       and s.expires_at > v_now
   ), '[]'::jsonb);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_usage_of(text, text) from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_usage_of(text, text) to authenticated, service_role;
+
+-- A subject's current usage as a JSON array (one object per policy window).
+-- Runs as the invoker. Callers: authenticated (own usage only: p_subject null
+-- or auth.uid()), service_role (p_subject required).
+-- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
+create or replace function public.get_rate_limit_usage(p_subject text default null, p_policy text default null)
+returns jsonb
+language plpgsql stable security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_usage_of(p_subject, p_policy);
 end
 $$;
 

@@ -93,6 +93,9 @@ def snapshot(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         for kind, query in CATALOG_QUERIES.items():
             for name, definition in conn.execute(query, {"schemas": list(SCHEMAS)}):
+                if isinstance(definition, dict) and isinstance(definition.get("acl"), list):
+                    # The order of ACL items follows the order of the grants, not their meaning.
+                    definition["acl"] = sorted(definition["acl"])
                 out[f"{kind} {name}"] = definition
     return out
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import click
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 import pgshield
 from pgshield.cli import main
+from pgshield.doctor import cron_status, diagnose
 
 
 def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -82,3 +84,31 @@ def test_demo_on_an_existing_database(db: str) -> None:
     result = CliRunner().invoke(main, ["demo", "--dsn", db])
     assert result.exit_code == 0, result.output
     assert "pack status" in result.output and pgshield.__version__ in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "says"),
+    [
+        ((True, "1.6", True, "postgres", "app"), True, "installed in this database"),
+        ((False, None, False, None, "app"), False, "not available"),
+        ((True, None, False, None, "app"), None, "shared_preload_libraries"),
+        ((True, None, True, "postgres", "postgres"), None, "run `create extension pg_cron;`"),
+        ((True, None, True, "postgres", "app"), None, "scheduler runs in database 'postgres'"),
+    ],
+)
+def test_doctor_names_the_missing_pg_cron_step(args: tuple, status: bool | None, says: str) -> None:
+    got = cron_status(*args)
+    assert got[0] is status and says in got[1], got
+
+
+def test_doctor_on_a_fresh_project_database(db: str) -> None:
+    # pg_cron preloaded (the embedded cluster does), created in 'postgres' only: this database
+    # is told where the scheduler runs, never that the extension is "installed" elsewhere.
+    cron = {c["check"]: c for c in diagnose(db)}["pg_cron"]
+    with psycopg.connect(db) as conn:
+        here, preloaded = conn.execute(
+            "select current_database(), current_setting('shared_preload_libraries') ~ 'pg_cron'"
+        ).fetchone()  # type: ignore[misc]
+    assert preloaded, "the test cluster preloads pg_cron"
+    assert cron["status"] == "warn"
+    assert f"not {here!r}" in cron["detail"] and "schedule_in_database" in cron["detail"]

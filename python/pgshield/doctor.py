@@ -8,6 +8,31 @@ from pgshield.client import connect
 from pgshield.migrations import status as migration_status
 
 
+def cron_status(
+    available: bool, installed: str | None, preloaded: bool, cron_db: str | None, here: str
+) -> tuple[bool | None, str]:
+    """pg_cron's state for the maintenance jobs, and the exact step that is missing."""
+    if installed:
+        return True, f"version {installed} installed in this database"
+    if not available:
+        return False, (
+            "not available on this server: install it (Debian: postgresql-<N>-cron; on Supabase"
+            " it is there) to run the maintenance jobs"
+        )
+    if not preloaded:
+        return None, (
+            "available but not loaded: add pg_cron to shared_preload_libraries, restart, then"
+            " run `create extension pg_cron;`"
+        )
+    if cron_db and cron_db != here:
+        return None, (
+            f"its scheduler runs in database {cron_db!r}, not {here!r}: run"
+            f" `create extension pg_cron;` in {cron_db!r} and schedule this database's jobs"
+            " with cron.schedule_in_database(...)"
+        )
+    return None, "loaded for this database but not created: run `create extension pg_cron;`"
+
+
 def diagnose(dsn: str) -> list[dict[str, Any]]:
     """Checks as rows of ``check``, ``status`` (ok / warn / missing) and ``detail``."""
     checks: list[dict[str, Any]] = []
@@ -45,14 +70,16 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
                 " where a.name in ('pg_cron', 'pgtap')"
             ).fetchall()
         )
-        cron_db = conn.execute("select current_setting('cron.database_name', true)").fetchone()
-        if "pg_cron" not in exts:
-            add("pg_cron", False, "not available: the maintenance jobs need it")
-        elif exts["pg_cron"]:
-            add("pg_cron", True, f"version {exts['pg_cron']} installed")
-        else:
-            where = cron_db[0] if cron_db and cron_db[0] else "?"
-            add("pg_cron", None, f"available; installed in database {where!r}, not this one")
+        cron = conn.execute(
+            "select current_database(), current_setting('cron.database_name', true),"
+            " coalesce(current_setting('shared_preload_libraries', true), '')"
+            " ~ '(^|[ ,])pg_cron($|[ ,])'"
+        ).fetchone()
+        assert cron is not None
+        add(
+            "pg_cron",
+            *cron_status("pg_cron" in exts, exts.get("pg_cron"), cron[2], cron[1], cron[0]),
+        )
         if "pgtap" not in exts:
             add("pgtap", None, "not available: only the pgTAP tests need it")
         else:

@@ -24,6 +24,7 @@ from pgshield.resources import migrations_dir
 
 NAME_RE = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)\.sql$")
 LOCK_SQL = "select pg_advisory_xact_lock(hashtextextended('pgshield.migrate', 0))"
+PIN_SEARCH_PATH = "set local search_path = pg_catalog, pg_temp"
 BOOKKEEPING_SQL = """
 create schema if not exists supabase_migrations;
 create table if not exists supabase_migrations.schema_migrations (
@@ -196,6 +197,9 @@ def migrate(
         return [s.migration for s in states if not s.applied]
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
+    pending = [s.migration for s in states if not s.applied]
+    if pending:
+        _refuse_foreign_types(conn, pending)
     applied: list[Migration] = []
     for migration in (s.migration for s in states if not s.applied):
         try:
@@ -211,7 +215,11 @@ def migrate(
                     continue  # a concurrent runner applied it
                 if progress:
                     progress(migration)
+                # Resolve nothing through a schema other roles can write to (CVE-2018-1058:
+                # a look-alike public.format(text, text) would otherwise run as the migrator).
+                conn.execute(PIN_SEARCH_PATH)
                 conn.execute(migration.sql)
+                conn.execute("reset search_path")
                 record(conn, migration)
         except psycopg.Error as exc:
             err = translate(exc)
@@ -220,6 +228,40 @@ def migrate(
             ) from exc
         applied.append(migration)
     return applied
+
+
+_CREATE_TYPE = re.compile(r"\bcreate\s+type\s+(public\.[a-z_][a-z0-9_]*)", re.IGNORECASE)
+
+
+def _refuse_foreign_types(conn: psycopg.Connection, pending: list[Migration]) -> None:
+    """Refuse to start when a type the pack creates in public exists with another owner.
+
+    The migrations create a type only when it is missing, so a look-alike made beforehand by
+    someone else (say, with a field whose domain CHECK calls their function) would be kept and
+    would run its owner's code inside the pack's functions. Checked before anything is applied;
+    the migrations check the fields too (pgshield.assert_pack_type), for ``supabase db push``.
+    """
+    names = sorted({n.lower() for m in pending for n in _CREATE_TYPE.findall(m.sql)})
+    if not names:
+        return
+    rows = conn.execute(
+        """
+        select n.name, t.typowner::regrole::text
+          from unnest(%(names)s::text[]) n(name)
+          join pg_catalog.pg_type t on t.oid = pg_catalog.to_regtype(n.name)
+         where t.typowner <> coalesce(
+                 (select nspowner from pg_catalog.pg_namespace where nspname = 'pgshield'),
+                 (select oid from pg_catalog.pg_roles where rolname = current_user))
+        """,
+        {"names": names},
+    ).fetchall()
+    if rows:
+        found = ", ".join(f"{name} (owner {owner})" for name, owner in rows)
+        raise MigrationError(
+            f"refusing to migrate: {found} already exists and was not created by pgshield",
+            sqlstate="42501",
+            hint="it is not yours: find out who made it, drop it, then migrate again",
+        )
 
 
 def record(conn: psycopg.Connection, migration: Migration) -> None:

@@ -1,0 +1,534 @@
+-- pgshield 0.2.0: rate limiting hardened against a hostile user.
+--
+-- - anon callers are keyed by pgshield.client_address() (a configured header
+--   and trusted proxy hops), no longer by the first x-forwarded-for entry;
+-- - an anonymous caller gets the same 42501 for a policy that does not exist
+--   as for one closed to it, before its cost or endpoint is looked at;
+-- - check_rate_limit, peek_check_rate_limit and get_rate_limit_usage run as
+--   the invoker and reach security definer logic in pgshield (Supabase's
+--   Security Advisor warns about definer functions in an exposed schema);
+-- - get_rate_limit_usage reads only the subject's rows;
+-- - the result types are refused when someone else made them first;
+-- - plpgsql_check findings: array literals typed, no unused variable, no
+--   column named "limit" in rate_limit_usage_rows().
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+set local search_path = pg_catalog, pg_temp;
+
+-- A type of these names that the pack did not create (another owner, other
+-- fields, a domain with a CHECK calling someone's function) would run its
+-- owner's code inside the pack's functions: refuse it.
+select pgshield.assert_pack_type('public.rate_limit_result',
+  'allowed boolean, limit integer, remaining integer, reset_at timestamp with time zone, '
+  'retry_after_ms integer, key text, algorithm text, window_seconds integer, cost integer');
+select pgshield.assert_pack_type('public.rate_limit_check_result',
+  'allowed boolean, limit integer, remaining integer, reset_at timestamp with time zone, '
+  'retry_after_ms integer, policy text, tier text, subject text, cost integer, unit text, '
+  'windows jsonb, violated text[]');
+select pgshield.assert_pack_type('pgshield.rate_limit_eval',
+  'fits boolean, window_start timestamp with time zone, count bigint, prev_count bigint, '
+  'tat numeric, remaining integer, used bigint, reset_at timestamp with time zone, '
+  'retry_after_ms integer');
+
+-- The policy named p_policy, or 22023. An anonymous caller learns nothing
+-- about policies it may not use: unknown and closed policies are the same 42501.
+-- Callers: pack functions. Errors: 22023 null or unknown policy; 42501 anon.
+create or replace function pgshield.rate_limit_policy(p_policy text) returns pgshield.rate_limit_policies
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_policy pgshield.rate_limit_policies;
+begin
+  if p_policy is null then
+    raise exception using errcode = '22023', message = 'p_policy must not be null';
+  end if;
+  select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
+  if v_policy.allow_anonymous is not true and pgshield.caller_role() = 'anon' then
+    raise exception using errcode = '42501',
+      message = 'this policy is not available to anonymous callers',
+      hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
+  end if;
+  if v_policy.name is null then
+    raise exception using errcode = '22023', message = format('p_policy: unknown policy %L', p_policy),
+      hint = 'list the policies with public.get_rate_limit_policies()';
+  end if;
+  return v_policy;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_policy(text) from public, anon, authenticated, service_role;
+
+-- The subject a policy call acts on, from the caller's role:
+--   trusted (service_role, owner): p_subject, which is then required;
+--   authenticated: auth.uid(), p_subject must be null or the same;
+--   anon: "anon:<client address>" when the policy allows anonymous callers,
+--   the address from pgshield.client_address() (the configured header and
+--   trusted proxy hops; IPv6 grouped by prefix), "anon:unknown" without one.
+-- anon and authenticated are never trusted, so caller_is_trusted() is only
+-- asked about other roles.
+-- Callers: pack functions. Errors: 22023 missing or bad subject, 42501 not allowed.
+create or replace function pgshield.rate_limit_subject(
+  p_policy pgshield.rate_limit_policies, p_subject text
+) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_role name := pgshield.caller_role();
+  v_uid uuid;
+begin
+  if p_subject is not null and length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if v_role = 'authenticated' then
+    v_uid := auth.uid();
+    if v_uid is null then
+      raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
+    end if;
+    if p_subject is not null and p_subject <> v_uid::text then
+      raise exception using errcode = '42501',
+        message = 'p_subject is only honoured for service_role',
+        hint = 'authenticated callers are always limited as themselves: omit p_subject';
+    end if;
+    return v_uid::text;
+  end if;
+  if v_role = 'anon' then
+    if not p_policy.allow_anonymous then
+      raise exception using errcode = '42501',
+        message = 'this policy is not available to anonymous callers',
+        hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
+    end if;
+    if p_subject is not null then
+      raise exception using errcode = '42501', message = 'p_subject is only honoured for service_role';
+    end if;
+    return 'anon:' || coalesce(pgshield.client_address(), 'unknown');
+  end if;
+  if v_role = 'service_role' or pgshield.caller_is_trusted() then
+    if p_subject is null then
+      raise exception using errcode = '22023', message = 'p_subject is required for trusted callers',
+        hint = 'pass the user id or API key to limit';
+    end if;
+    return p_subject;
+  end if;
+  raise exception using errcode = '42501', message = format('role %s may not check rate limits', v_role);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies, text)
+  from public, anon, authenticated, service_role;
+
+-- Decides, peeks or records usage for one subject under one policy, over all
+-- windows of the subject's tier at once (its assigned tier when the policy
+-- defines windows for it, else the policy's default tier).
+--   p_mode 'check': consume p_cost in every window or in none. A first read
+--     without locks answers most denials without touching a row (a client
+--     hammering past its limit costs one index read per call); otherwise the
+--     rows are locked in window order (missing ones inserted empty, by the
+--     same statement and in the same order, so concurrent calls cannot
+--     deadlock), decided again on the locked state, then all updated.
+--   p_mode 'peek':  the same decision from the plain read; nothing written.
+--   p_mode 'usage': apply p_cost (negative refunds) to every window regardless
+--     of the limits; the result then describes a request of cost 1.
+-- Callers: pack functions. Errors: 22023 when the tier has no windows.
+create or replace function pgshield.rate_limit_decide(
+  p_policy pgshield.rate_limit_policies,
+  p_subject text,
+  p_cost bigint,
+  p_mode text
+) returns public.rate_limit_check_result
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_tier text;
+  v_ws integer[];
+  v_lim integer[];
+  v_names text[];
+  v_n integer;
+  v_now timestamptz;
+  v_now_us bigint;
+  v_alg text[];
+  v_start timestamptz[];
+  v_count bigint[];
+  v_prev bigint[];
+  v_tat numeric[];
+  v_alg2 text[];
+  v_start2 timestamptz[];
+  v_count2 bigint[];
+  v_prev2 bigint[];
+  v_tat2 numeric[];
+  v_e pgshield.rate_limit_eval;
+  v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
+  v_all_fit boolean := true;
+  v_moved boolean := false;
+  v_res public.rate_limit_check_result;
+  v_bind integer;
+  v_remaining integer;
+  v_windows jsonb := '[]'::jsonb;
+  v_violated text[] := array[]::text[];
+  v_seq bigint;
+begin
+  v_now := pgshield.now();
+  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+
+  -- Tier, windows and a plain read of their state, in one statement.
+  select t.tier,
+         array_agg(w.window_seconds order by w.window_seconds),
+         array_agg(w.limit_value order by w.window_seconds),
+         array_agg(w.name order by w.window_seconds),
+         array_agg(s.algorithm order by w.window_seconds),
+         array_agg(s.window_start order by w.window_seconds),
+         array_agg(coalesce(s.count, 0) order by w.window_seconds),
+         array_agg(coalesce(s.prev_count, 0) order by w.window_seconds),
+         array_agg(s.tat order by w.window_seconds)
+    into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat
+    from (select coalesce(
+                   (select st.tier from pgshield.rate_limit_subject_tiers st
+                     where st.subject = p_subject
+                       and exists (select 1 from pgshield.rate_limit_policy_windows w2
+                                    where w2.policy = p_policy.name and w2.tier = st.tier)),
+                   p_policy.default_tier) as tier) t
+    join pgshield.rate_limit_policy_windows w on w.policy = p_policy.name and w.tier = t.tier
+    left join pgshield.rate_limit_state s
+      on s.key = p_subject and s.policy = w.policy and s.window_seconds = w.window_seconds
+   group by t.tier;
+  if v_ws is null then
+    raise exception using errcode = '22023',
+      message = format('p_policy: policy %L has no windows for its default tier %L',
+                       p_policy.name, p_policy.default_tier);
+  end if;
+  v_n := array_length(v_ws, 1);
+
+  for v_i in 1 .. v_n loop
+    v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
+      v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], p_mode = 'usage');
+    v_evals := v_evals || v_e;
+    v_all_fit := v_all_fit and v_e.fits;
+  end loop;
+
+  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit) then
+    -- Lock every window's row in window order; missing rows are inserted
+    -- empty by the same statement.
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    select p_subject, p_policy.name, u.ws, p_policy.algorithm, u.lim, null, 0, 0, null,
+           v_now + u.ws * interval '1 second'
+      from unnest(v_ws, v_lim) as u(ws, lim)
+     order by u.ws
+    on conflict (key, policy, window_seconds) do update set count = s.count where false;
+
+    select array_agg(s.algorithm order by u.ord), array_agg(s.window_start order by u.ord),
+           array_agg(s.count order by u.ord), array_agg(s.prev_count order by u.ord),
+           array_agg(s.tat order by u.ord)
+      into v_alg2, v_start2, v_count2, v_prev2, v_tat2
+      from unnest(v_ws) with ordinality as u(ws, ord)
+      join pgshield.rate_limit_state s
+        on s.key = p_subject and s.policy = p_policy.name and s.window_seconds = u.ws;
+
+    -- Decide again only if the state moved since the plain read (an empty
+    -- row just inserted reads the same as no row).
+    for v_i in 1 .. v_n loop
+      if not (v_alg[v_i] is null and v_count2[v_i] = 0 and v_prev2[v_i] = 0
+              and v_start2[v_i] is null and v_tat2[v_i] is null)
+         and (v_alg2[v_i] is distinct from v_alg[v_i] or v_start2[v_i] is distinct from v_start[v_i]
+              or v_count2[v_i] <> v_count[v_i] or v_prev2[v_i] <> v_prev[v_i]
+              or v_tat2[v_i] is distinct from v_tat[v_i]) then
+        v_moved := true;
+      end if;
+    end loop;
+    if v_moved then
+      v_alg := v_alg2; v_start := v_start2; v_count := v_count2; v_prev := v_prev2; v_tat := v_tat2;
+      v_evals := array[]::pgshield.rate_limit_eval[];
+      v_all_fit := true;
+      for v_i in 1 .. v_n loop
+        v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
+          v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], p_mode = 'usage');
+        v_evals := v_evals || v_e;
+        v_all_fit := v_all_fit and v_e.fits;
+      end loop;
+    end if;
+
+    if p_mode = 'usage' or v_all_fit then
+      update pgshield.rate_limit_state s
+         set algorithm = p_policy.algorithm,
+             limit_value = v_lim[u.ord],
+             window_start = u.window_start,
+             count = u.count,
+             prev_count = u.prev_count,
+             tat = u.tat,
+             expires_at = greatest(u.reset_at, v_now)
+        from unnest(v_evals) with ordinality
+               as u(fits, window_start, count, prev_count, tat, remaining, used, reset_at, retry_after_ms, ord)
+       where s.key = p_subject and s.policy = p_policy.name and s.window_seconds = v_ws[u.ord];
+    end if;
+  end if;
+
+  if p_mode = 'usage' then
+    -- Describe the recorded state as a request of cost 1 would see it.
+    v_all_fit := true;
+    for v_i in 1 .. v_n loop
+      v_e := v_evals[v_i];
+      v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], 1, v_now_us,
+        p_policy.algorithm, v_e.window_start, v_e.count, v_e.prev_count, v_e.tat, false);
+      v_evals[v_i] := v_e;
+      v_all_fit := v_all_fit and v_e.fits;
+    end loop;
+  elsif not v_all_fit then
+    -- Nothing is consumed: windows that would have fitted report their
+    -- current state rather than the state after the refused cost.
+    for v_i in 1 .. v_n loop
+      if v_evals[v_i].fits then
+        v_evals[v_i] := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], 0, v_now_us,
+          v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], true);
+      end if;
+    end loop;
+  end if;
+
+  -- The binding window: among violated windows the longest wait (-1 first),
+  -- else the fewest remaining (ties: the longer window).
+  for v_i in 1 .. v_n loop
+    v_e := v_evals[v_i];
+    v_windows := v_windows || jsonb_build_object(
+      'name', v_names[v_i], 'window_seconds', v_ws[v_i], 'limit', v_lim[v_i],
+      'remaining', v_e.remaining, 'used', v_e.used, 'reset_at', v_e.reset_at,
+      'retry_after_ms', v_e.retry_after_ms, 'allowed', v_e.fits);
+    v_remaining := least(v_remaining, v_e.remaining);
+    if not v_e.fits then
+      v_violated := v_violated || v_names[v_i];
+    end if;
+    if v_bind is null then
+      v_bind := v_i;
+    elsif v_all_fit then
+      if v_e.remaining <= v_evals[v_bind].remaining then
+        v_bind := v_i;
+      end if;
+    elsif not v_e.fits then
+      if v_evals[v_bind].fits
+         or (v_evals[v_bind].retry_after_ms <> -1
+             and (v_e.retry_after_ms = -1 or v_e.retry_after_ms >= v_evals[v_bind].retry_after_ms)) then
+        v_bind := v_i;
+      end if;
+    end if;
+  end loop;
+
+  v_e := v_evals[v_bind];
+  v_res.allowed := v_all_fit;
+  v_res."limit" := v_lim[v_bind];
+  v_res.remaining := v_remaining;
+  v_res.reset_at := v_e.reset_at;
+  v_res.retry_after_ms := case when v_all_fit then 0 else v_e.retry_after_ms end;
+  v_res.policy := p_policy.name;
+  v_res.tier := v_tier;
+  v_res.subject := p_subject;
+  v_res.cost := least(greatest(p_cost, -2147483648), 2147483647)::integer;
+  v_res.unit := p_policy.unit;
+  v_res.windows := v_windows;
+  v_res.violated := v_violated;
+
+  if p_mode = 'check' then
+    if v_all_fit then
+      v_seq := nextval(p_policy.allowed_counter);
+    else
+      v_seq := nextval(p_policy.denied_counter);
+    end if;
+  end if;
+  return v_res;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_decide(pgshield.rate_limit_policies, text, bigint, text)
+  from public, anon, authenticated, service_role;
+
+-- A policy call for the current caller: the policy, then the subject (which
+-- refuses callers that may not use the policy), then the cost, so a caller
+-- that may not use a policy learns nothing about its endpoints either. With
+-- p_peek nothing is consumed or counted. The logic behind check_rate_limit
+-- and peek_check_rate_limit, which run as the invoker in public.
+-- Callers: anon, authenticated, service_role (through those entry points).
+-- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed.
+create or replace function pgshield.rate_limit_check(
+  p_policy text, p_cost integer, p_endpoint text, p_subject text, p_peek boolean
+) returns public.rate_limit_check_result
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_policy pgshield.rate_limit_policies := pgshield.rate_limit_policy(p_policy);
+  v_subject text := pgshield.rate_limit_subject(v_policy, p_subject);
+begin
+  return pgshield.rate_limit_decide(v_policy, v_subject, pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint),
+                                    case when p_peek then 'peek' else 'check' end);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  to anon, authenticated, service_role;
+
+-- Consumes p_cost (times the endpoint's multiplier) from every window of the
+-- caller's tier under policy p_policy, or from none. Runs as the invoker.
+-- Callers: service_role (any p_subject, required); authenticated (limited as
+-- auth.uid()); anon when the policy allows anonymous callers (keyed by the
+-- client address, see pgshield.client_address()).
+-- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed
+-- (anon: also for a policy that does not exist).
+create or replace function public.check_rate_limit(
+  p_policy text,
+  p_cost integer default 1,
+  p_endpoint text default null,
+  p_subject text default null
+) returns public.rate_limit_check_result
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, false);
+end
+$$;
+
+revoke all on function public.check_rate_limit(text, integer, text, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.check_rate_limit(text, integer, text, text)
+  to anon, authenticated, service_role;
+
+-- What check_rate_limit would answer now, without consuming or counting.
+-- Runs as the invoker. Callers and errors: as check_rate_limit.
+create or replace function public.peek_check_rate_limit(
+  p_policy text,
+  p_cost integer default 1,
+  p_endpoint text default null,
+  p_subject text default null
+) returns public.rate_limit_check_result
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, true);
+end
+$$;
+
+revoke all on function public.peek_check_rate_limit(text, integer, text, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.peek_check_rate_limit(text, integer, text, text)
+  to anon, authenticated, service_role;
+
+-- The usage rows' column "limit" (a reserved word) becomes limit_value; the
+-- view keeps its columns.
+drop view pgshield.rate_limit_usage;
+drop function pgshield.rate_limit_usage_rows();
+
+-- Current usage of every live row, one evaluation of its stored state each.
+-- Security definer so that the view below works for service_role, which
+-- may neither read the table nor run the evaluator.
+-- Callers: the owner, service_role (through the view). Errors: none.
+create or replace function pgshield.rate_limit_usage_rows()
+returns table (
+  key text, policy text, window_seconds integer, algorithm text, limit_value integer,
+  used bigint, remaining integer, reset_at timestamptz, expires_at timestamptz
+)
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now timestamptz := pgshield.now();
+  v_now_us bigint := (extract(epoch from v_now) * 1000000)::bigint;
+begin
+  return query
+  select s.key, nullif(s.policy, ''), s.window_seconds, s.algorithm, s.limit_value,
+         e.used, e.remaining, e.reset_at, s.expires_at
+    from pgshield.rate_limit_state s
+   cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
+            v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
+   where s.expires_at > v_now;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_usage_rows() from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_usage_rows() to service_role;
+
+-- Current usage per key (direct keys: policy null) or per subject and policy,
+-- one row per window. Readable by the owner and service_role (pgshield is
+-- not exposed by the Data API). It evaluates every live row: for one
+-- subject, use public.get_rate_limit_usage(), which reads only its rows.
+create or replace view pgshield.rate_limit_usage as
+select u.key, u.policy, u.window_seconds, u.algorithm, u.limit_value as "limit", u.used, u.remaining,
+       u.reset_at, u.expires_at
+  from pgshield.rate_limit_usage_rows() u;
+comment on view pgshield.rate_limit_usage is
+  'Current usage per key (direct keys: policy null) or per subject and policy, one row per window.';
+revoke all on table pgshield.rate_limit_usage from public, anon, authenticated, service_role;
+grant select on table pgshield.rate_limit_usage to service_role;
+
+-- A subject's current usage as a JSON array (one object per policy window).
+-- Reads only that subject's rows (the primary key starts with the key), so
+-- its cost does not grow with other subjects' state.
+-- Callers: authenticated (own usage only: p_subject null or auth.uid()),
+-- service_role (p_subject required), through public.get_rate_limit_usage.
+-- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
+create or replace function pgshield.rate_limit_usage_of(p_subject text, p_policy text)
+returns jsonb
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_subject text := p_subject;
+  v_now timestamptz := pgshield.now();
+  v_now_us bigint := (extract(epoch from v_now) * 1000000)::bigint;
+begin
+  if p_subject is not null and length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if not pgshield.caller_is_trusted() then
+    if auth.uid() is null or (p_subject is not null and p_subject <> auth.uid()::text) then
+      raise exception using errcode = '42501', message = 'only your own usage can be read',
+        hint = 'omit p_subject';
+    end if;
+    v_subject := auth.uid()::text;
+  elsif v_subject is null then
+    raise exception using errcode = '22023', message = 'p_subject is required for trusted callers';
+  end if;
+  if p_policy is not null then
+    perform pgshield.rate_limit_policy(p_policy);
+  end if;
+  return coalesce((
+    select jsonb_agg(jsonb_build_object(
+             'policy', s.policy, 'window_seconds', s.window_seconds, 'name',
+             coalesce(w.name, pgshield.rate_limit_window_name(s.window_seconds)),
+             'limit', s.limit_value, 'used', e.used, 'remaining', e.remaining, 'reset_at', e.reset_at)
+             order by s.policy, s.window_seconds)
+      from pgshield.rate_limit_state s
+     cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
+              v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
+      left join lateral (
+        select w.name from pgshield.rate_limit_policy_windows w
+         where w.policy = s.policy and w.window_seconds = s.window_seconds limit 1
+      ) w on true
+     where s.key = v_subject and s.policy <> ''
+       and (p_policy is null or s.policy = p_policy)
+       and s.expires_at > v_now
+  ), '[]'::jsonb);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_usage_of(text, text) from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_usage_of(text, text) to authenticated, service_role;
+
+-- A subject's current usage as a JSON array (one object per policy window).
+-- Runs as the invoker. Callers: authenticated (own usage only: p_subject null
+-- or auth.uid()), service_role (p_subject required).
+-- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
+create or replace function public.get_rate_limit_usage(p_subject text default null, p_policy text default null)
+returns jsonb
+language plpgsql stable security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_usage_of(p_subject, p_policy);
+end
+$$;
+
+revoke all on function public.get_rate_limit_usage(text, text) from public, anon, authenticated, service_role;
+grant execute on function public.get_rate_limit_usage(text, text) to authenticated, service_role;
