@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgshield-installed
+# The pinned Supabase CLI (package.json + package-lock.json) for tests/test_supabase_cli.py.
+NODE_STAMP := node_modules/.pgshield-installed
 
 .PHONY: help system setup lint test demo bench clean
 
@@ -19,7 +21,12 @@ $(STAMP): pyproject.toml python/pgshield/__init__.py
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-setup: system $(STAMP)
+# npm ci empties node_modules first, so the stamp inside it is always fresh after a good install.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+setup: system $(STAMP) $(NODE_STAMP)
 
 lint: setup
 	$(BIN)/ruff check python tests bench scripts
@@ -39,4 +46,4 @@ bench: setup
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis

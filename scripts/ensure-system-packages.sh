@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what pgshield's tests and demo need: python3 with venv, a Postgres
-# server, and pgTAP + pg_cron for the server's major version. Installs with apt-get when root
-# (Debian/Ubuntu); otherwise names the packages to install and fails. Optional extras (for
-# `make bench`): pass --bench to also install redis-server.
+# server, pgTAP + pg_cron + plpgsql_check for the server's major version, and Node.js with npm
+# (for the pinned Supabase CLI). Installs with apt-get when root (Debian/Ubuntu); otherwise names
+# the packages to install and fails. Optional extras (for `make bench`): pass --bench to also
+# install redis-server.
 set -euo pipefail
 
 want_bench=0
@@ -59,9 +60,15 @@ major="$("$bindir/pg_config" --version 2>/dev/null | sed -E 's/^PostgreSQL ([0-9
 sharedir="$("$bindir/pg_config" --sharedir)"
 pkglibdir="$("$bindir/pg_config" --pkglibdir)"
 
-# -- pgTAP, pg_cron (and pg_prove) ------------------------------------------------
+# -- pgTAP, pg_cron, plpgsql_check (and pg_prove) ----------------------------------
 [[ -f "$sharedir/extension/pgtap.control" ]] || missing+=("postgresql-$major-pgtap")
 [[ -f "$pkglibdir/pg_cron.so" ]] || missing+=("postgresql-$major-cron")
+[[ -f "$sharedir/extension/plpgsql_check.control" ]] || missing+=("postgresql-$major-plpgsql-check")
+
+# -- Node.js and npm (the Supabase CLI round-trip test) ---------------------------
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
 if [[ "$want_bench" == 1 ]] && ! command -v redis-server >/dev/null 2>&1; then
   missing+=(redis-server)
 fi

@@ -522,7 +522,6 @@ declare
   v_res public.rate_limit_result;
   v_row record;
   v_e pgshield.rate_limit_eval;
-  v_seq bigint;
 begin
   -- One test for every argument; which one is wrong is worked out only on
   -- the slow path, in the order the parameters are declared.
@@ -698,7 +697,7 @@ begin
    where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
   v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
     v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
-  v_seq := nextval('pgshield.rate_limit_direct_denied'::regclass);
+  perform nextval('pgshield.rate_limit_direct_denied'::regclass);
   return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
              p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
 end
@@ -961,7 +960,6 @@ declare
   v_remaining integer;
   v_windows jsonb := '[]'::jsonb;
   v_violated text[] := array[]::text[];
-  v_seq bigint;
 begin
   v_now := pgshield.now();
   v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
@@ -1121,11 +1119,7 @@ begin
   v_res.violated := v_violated;
 
   if p_mode = 'check' then
-    if v_all_fit then
-      v_seq := nextval(p_policy.allowed_counter);
-    else
-      v_seq := nextval(p_policy.denied_counter);
-    end if;
+    perform nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
   end if;
   return v_res;
 end

@@ -73,6 +73,15 @@ def parse_tap(path: Path, returncode: int, output: str, stderr: str) -> TapResul
     return result
 
 
+def pgtap_files(directory: Path) -> list[Path]:
+    """The pgTAP files of a directory, in the order pg_prove runs them.
+
+    Files whose name starts with ``_`` (``_helpers.psql``) are pulled in by the others with
+    ``\\ir`` and never run on their own.
+    """
+    return sorted(p for p in directory.glob("*.sql") if not p.name.startswith("_"))
+
+
 def psql_binary() -> str:
     from pgshield.embedded import find_bindir
 
@@ -89,7 +98,10 @@ def psql_binary() -> str:
 
 
 def run_pgtap_file(dsn: str, path: Path) -> TapResult:
-    """Run one pgTAP file the way pg_prove does, and parse its output."""
+    """Run one pgTAP file the way pg_prove does, and parse its output.
+
+    psql runs the file with ``-f``, so ``\\ir`` in it resolves relative to the file's directory.
+    """
     proc = subprocess.run(
         [
             psql_binary(),

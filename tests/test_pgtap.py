@@ -1,20 +1,24 @@
 """Every ``tests/pgtap/*.sql`` file as one pytest item, run in a database of its own.
 
 The files stay plain pgTAP (they also run under ``pg_prove`` and ``supabase test db``); here a
-failure shows each failing assertion's description and diagnostics.
+failure shows each failing assertion's description and diagnostics. Every file pulls in the
+shared ``_helpers.psql`` with ``\\ir``; files starting with ``_`` never run on their own.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from support import Backend
-from tap import parse_tap, run_pgtap_file
+from tap import parse_tap, pgtap_files, run_pgtap_file
 
 PGTAP_DIR = Path(__file__).parent / "pgtap"
-FILES = sorted(PGTAP_DIR.glob("*.sql"))
+FILES = pgtap_files(PGTAP_DIR)
+HELPERS = PGTAP_DIR / "_helpers.psql"
 
 
 def test_pgtap_files_exist() -> None:
@@ -82,3 +86,73 @@ def test_plan_mismatch_and_sql_errors_fail() -> None:
     broken = parse_tap(Path("x.sql"), 3, "1..1\n", "ERROR:  syntax error")
     assert not broken.ok and "syntax error" in broken.report()
     assert parse_tap(Path("x.sql"), 0, "1..1\nok 1 - fine\n", "").ok
+
+
+# ------------------------------------------------------------ the shared helpers ----
+def test_every_file_pulls_in_the_helpers() -> None:
+    """``begin;``, then ``\\ir _helpers.psql``, then the plan; no file sets up a role by hand."""
+    assert HELPERS.is_file()
+    inline = re.compile(
+        r"set\s+local\s+role\s+(anon|authenticated|service_role)\b|request\.jwt\.claim", re.I
+    )
+    for path in FILES:
+        statements = [
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("--")
+        ]
+        assert statements[:2] == ["begin;", r"\ir _helpers.psql"], path.name
+        assert re.fullmatch(r"select plan\(\d+\);", statements[2]), path.name
+        assert statements[-2:] == ["select * from finish();", "rollback;"], path.name
+        found = [m.group(0) for m in inline.finditer(path.read_text())]
+        assert not found, f"{path.name} acts as a role by hand ({found}): use pg_temp.act_as"
+
+
+PACK_LIST = re.compile(
+    r"-- pack entry points in public: begin\n(.*?)\n\s*-- pack entry points in public: end", re.S
+)
+
+
+def test_helpers_name_every_public_entry_point(conn: psycopg.Connection) -> None:
+    """The helpers' list of the pack's functions in public is what the migrations create there."""
+    match = PACK_LIST.search(HELPERS.read_text())
+    assert match, "the list of entry points in _helpers.psql lost its markers"
+    listed = re.findall(r"\('([^']+)'\)", match.group(1))
+    created = conn.execute(
+        """
+        select format('%s.%s(%s)', n.nspname, p.proname, oidvectortypes(p.proargtypes))
+          from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+         where n.nspname = 'public'
+           and not exists (select 1 from pg_depend d
+                            where d.classid = 'pg_proc'::regclass and d.objid = p.oid
+                              and d.deptype = 'e')
+        """
+    ).fetchall()
+    assert sorted(listed) == listed, "keep the list sorted"
+    assert set(listed) == {r[0] for r in created}
+
+
+CREATES = re.compile(
+    r"\bcreate\s+(?:or\s+replace\s+)?(?P<temp>temp(?:orary)?\s+)?(?:unique\s+)?"
+    r"(?P<kind>table|function|procedure|schema|type|domain|role|index|view|sequence|trigger)\s+"
+    r"(?:if\s+not\s+exists\s+)?(?P<name>(?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)",
+    re.I,
+)
+
+
+def _unquote(part: str) -> str:
+    return part[1:-1] if part.startswith('"') else part.lower()
+
+
+def test_files_name_their_own_objects_pgshield_t() -> None:
+    """What a file creates is temporary or named pgshield_t_*: no project would pick that name."""
+    for path in [*FILES, HELPERS]:
+        for m in CREATES.finditer(path.read_text()):
+            parts = [_unquote(p) for p in re.findall(r"\"[^\"]+\"|\w+", m.group("name"))]
+            if m.group("temp") or parts[0] == "pg_temp":
+                continue
+            *schema, name = parts
+            assert name.startswith("pgshield_t_"), f"{path.name}: {m.group(0)}"
+            assert schema in ([], ["public"]) or schema[0].startswith("pgshield_t_"), (
+                f"{path.name}: {m.group(0)}"
+            )

@@ -1,22 +1,15 @@
 -- pgshield core: schema privileges, version, the clock and caller detection.
 begin;
-create extension if not exists pgtap with schema extensions;
-set local search_path = extensions, public;
-select plan(21);
+\ir _helpers.psql
+select plan(20);
 
 -- ----------------------------------------------------------- privileges ----
+-- Which functions anon and authenticated may execute: 05_pack_exposure.sql.
 select has_schema('pgshield', 'the private schema pgshield exists');
-select ok(not has_schema_privilege('anon', 'pgshield', 'usage'), 'anon has no usage on pgshield');
+select ok(has_schema_privilege('anon', 'pgshield', 'usage'),
+  'anon may look names up in pgshield (the invoker entry points call the few functions granted to it)');
 select ok(has_schema_privilege('authenticated', 'pgshield', 'usage'), 'authenticated may use pgshield');
 select ok(has_schema_privilege('service_role', 'pgshield', 'usage'), 'service_role may use pgshield');
-select ok(
-  not exists (
-    select 1 from pg_proc p
-     where p.pronamespace = 'pgshield'::regnamespace
-       and has_function_privilege('public', p.oid, 'execute')
-  ),
-  'no pgshield function is executable by PUBLIC'
-);
 select ok(
   not exists (
     select 1 from pg_class c
@@ -37,14 +30,13 @@ select ok(
 -- -------------------------------------------------------------- version ----
 select matches(pgshield.version(), '^\d+\.\d+\.\d+$', 'version() is a semantic version');
 
-set local role authenticated;
+select pg_temp.act_as('authenticated', pg_temp.create_test_user('alice'));
 select lives_ok('select pgshield.version()', 'authenticated may read the version');
 select throws_ok('select pgshield.set_clock(now())', '42501', null, 'authenticated cannot move the clock');
-reset role;
 
-set local role anon;
+select pg_temp.act_as('anon');
 select throws_ok('select pgshield.version()', '42501', null, 'anon cannot reach pgshield at all');
-reset role;
+select pg_temp.act_as_owner();
 
 -- ---------------------------------------------------------------- clock ----
 select is(pgshield.set_clock('2030-01-01 00:00:00+00'), '2030-01-01 00:00:00+00'::timestamptz,
@@ -57,31 +49,33 @@ select ok(pgshield.reset_clock() - clock_timestamp() < interval '1 second'
   'reset_clock returns to the database clock');
 
 -- -------------------------------------------------------------- callers ----
-create function public.t_whoami() returns text
+-- A definer function of the pack's kind, in public like an entry point.
+create function public.pgshield_t_whoami() returns text
 language sql security definer set search_path = pg_catalog, pg_temp
 as $$ select pgshield.caller_role() || ':' || pgshield.caller_is_trusted() $$;
-grant execute on function public.t_whoami() to authenticated, service_role;
+grant execute on function public.pgshield_t_whoami() to authenticated, service_role;
 
-select is(public.t_whoami(), 'postgres:true', 'the owner is a trusted caller');
-set local role authenticated;
-select is(public.t_whoami(), 'authenticated:false', 'inside a definer function, authenticated is seen and not trusted');
-reset role;
-set local role service_role;
-select is(public.t_whoami(), 'service_role:true', 'inside a definer function, service_role is seen and trusted');
+select is(public.pgshield_t_whoami(), 'postgres:true', 'the owner is a trusted caller');
+select pg_temp.act_as('authenticated', pg_temp.test_user('alice'));
+select is(public.pgshield_t_whoami(), 'authenticated:false',
+  'inside a definer function, authenticated is seen and not trusted');
+select pg_temp.act_as('service_role');
+select is(public.pgshield_t_whoami(), 'service_role:true', 'inside a definer function, service_role is seen and trusted');
 select throws_ok('select pgshield.caller_role()', '42501', null, 'API roles cannot call the caller helpers directly');
-reset role;
+select pg_temp.act_as_owner();
 
+-- Not an API role: set by hand, no claims.
 create role pgshield_t_owner nologin nosuperuser nobypassrls;
 grant usage on schema pgshield to pgshield_t_owner;
-grant execute on function public.t_whoami() to pgshield_t_owner;
+grant execute on function public.pgshield_t_whoami() to pgshield_t_owner;
 set local role pgshield_t_owner;
-select is(public.t_whoami(), 'pgshield_t_owner:false', 'an ordinary role is not trusted');
-reset role;
+select is(public.pgshield_t_whoami(), 'pgshield_t_owner:false', 'an ordinary role is not trusted');
+select pg_temp.act_as_owner();
 alter schema pgshield owner to pgshield_t_owner;
 set local role pgshield_t_owner;
-select is(public.t_whoami(), 'pgshield_t_owner:true',
+select is(public.pgshield_t_whoami(), 'pgshield_t_owner:true',
   'the owner of schema pgshield (the migration role) is trusted without superuser');
-reset role;
+select pg_temp.act_as_owner();
 
 select * from finish();
 rollback;

@@ -3,8 +3,7 @@
 -- driven (tests/test_jsonb_vectors.py checks this list against the shared
 -- vector file), then the SQL NULL rules, the depth limit and who may call it.
 begin;
-create extension if not exists pgtap with schema extensions;
-set local search_path = extensions, public;
+\ir _helpers.psql
 select plan(39);
 
 -- ------------------------------------------------------------ RFC vectors ----
@@ -94,30 +93,24 @@ select is((select p.proparallel::text from pg_catalog.pg_proc p
 select ok((select not p.proisstrict from pg_catalog.pg_proc p
             where p.oid = 'pgshield.jsonb_merge_patch(jsonb,jsonb)'::regprocedure),
           'jsonb_merge_patch is not strict (SQL NULL arguments have a meaning)');
-select ok(has_function_privilege('anon', 'pgshield.jsonb_merge_patch(jsonb,jsonb)', 'execute')
-          and has_function_privilege('authenticated', 'pgshield.jsonb_merge_patch(jsonb,jsonb)', 'execute')
-          and has_function_privilege('service_role', 'pgshield.jsonb_merge_patch(jsonb,jsonb)', 'execute'),
-          'anon, authenticated and service_role have EXECUTE on jsonb_merge_patch');
-select ok(not has_schema_privilege('anon', 'pgshield', 'usage'),
-          'anon has no usage on schema pgshield (so it cannot reach the function)');
+-- (What anon and authenticated may execute: 05_pack_exposure.sql.)
+select ok(has_function_privilege('service_role', 'pgshield.jsonb_merge_patch(jsonb,jsonb)', 'execute'),
+          'service_role has EXECUTE on jsonb_merge_patch');
+select ok(not has_function_privilege('anon', 'pgshield.jsonb_merge_patch(jsonb,jsonb)', 'execute'),
+          'anon has no EXECUTE on jsonb_merge_patch (it may not merge anything)');
 
-set local role authenticated;
-select set_config('request.jwt.claims',
-                  '{"sub":"5a0e0a52-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select pg_temp.act_as('authenticated', pg_temp.create_test_user('alice'));
 select is(pgshield.jsonb_merge_patch('{"a":1}', '{"a":null,"b":2}'), '{"b":2}'::jsonb,
           'authenticated can call jsonb_merge_patch');
-reset role;
 
-set local role service_role;
+select pg_temp.act_as('service_role');
 select is(pgshield.jsonb_merge_patch('{"a":1}', '{"a":{"b":1}}'), '{"a":{"b":1}}'::jsonb,
           'service_role can call jsonb_merge_patch');
-reset role;
 
-set local role anon;
-select set_config('request.jwt.claims', '{"role":"anon"}', true);
+select pg_temp.act_as('anon');
 select throws_ok($$select pgshield.jsonb_merge_patch('{}', '{}')$$, '42501', null,
-                 'anon is stopped at the schema (42501)');
-reset role;
+                 'anon is refused (42501)');
+select pg_temp.act_as_owner();
 
 select * from finish();
 rollback;
