@@ -1,4 +1,4 @@
-"""JSONB merges: a hot row under 1, 8 and 32 clients, lost updates, and merge_patch's cost.
+"""JSONB merges: a hot row under 1, 8 and 32 clients, lost updates, merge cost, large patches.
 
 Workloads on one row (pgbench, extended protocol without prepared statements, which is how
 pgshield's client and Supavisor transaction mode talk to Postgres):
@@ -9,10 +9,14 @@ pgshield's client and Supavisor transaction mode talk to Postgres):
 
 Lost updates are counted exactly in separate fixed-count runs (``pgbench -t``): every transaction
 increments its client's own counter key, so the counters must add up to the transactions run.
+
+``python bench/bench_jsonb.py large-patches`` measures only the large-patch table (a few
+seconds) and prints it, without writing docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -199,6 +203,79 @@ def merge_patch_cost() -> str:
     return "\n".join(lines)
 
 
+LARGE_SIZES = (6_500, 65_000)
+LARGE_KINDS = {  # label: the value of every member of the patch
+    "nulls": None,
+    "values": 7,
+    "empty objects": {},
+}
+LARGE_CALLS = 3  # timed calls per cell, after one untimed; the best is reported
+LARGE_SETUP = """
+drop table if exists public.bench_big;
+create table public.bench_big (id int primary key, doc jsonb not null default '{}');
+insert into public.bench_big (id) values (1);
+select pgshield.register_jsonb_target('public.bench_big', 'doc');
+drop table if exists public.bench_big_docs;
+create table public.bench_big_docs (members int primary key, doc jsonb not null);
+"""
+
+
+def _large_key(i: int) -> str:
+    return f"k{i:05d}"
+
+
+def large_patch_cost() -> str:
+    """Milliseconds per call for patches of thousands of members into a stored document.
+
+    The document holds the patched keys with numbers (stored, so TOAST-compressed), the patch
+    names every one of them: nulls remove all, values replace all, empty objects merge into
+    each. Each call sends the patch from psycopg as a parameter, as a client does; merge_jsonb
+    runs in its own transaction on a row reset beforehand (untimed).
+    """
+    merge_sql = "select merge_jsonb('bench_big', '1', %s::jsonb) is not null"
+    patch_sql = (
+        "select pgshield.jsonb_merge_patch(d.doc, %s::jsonb) is not null"
+        " from public.bench_big_docs d where d.members = %s"
+    )
+    reset_sql = (
+        "update public.bench_big set doc ="
+        " (select d.doc from public.bench_big_docs d where d.members = %s) where id = 1"
+    )
+    ms: dict[tuple[str, int], tuple[float, float]] = {}
+    with bench_cluster(durable=False) as (_cluster, dsn), psycopg.connect(dsn) as conn:
+        conn.autocommit = True
+        conn.execute(LARGE_SETUP)
+        for size in LARGE_SIZES:
+            doc = json.dumps({_large_key(i): i for i in range(size)})
+            conn.execute("insert into public.bench_big_docs values (%s, %s::jsonb)", (size, doc))
+        for size in LARGE_SIZES:
+            for kind, value in LARGE_KINDS.items():
+                patch = json.dumps({_large_key(i): value for i in range(size)})
+                merge, direct = float("inf"), float("inf")
+                for call in range(LARGE_CALLS + 1):
+                    conn.execute(reset_sql, (size,))
+                    m = _timed(conn, merge_sql, (patch,))
+                    d = _timed(conn, patch_sql, (patch, size))
+                    if call:  # the first call of each cell warms up
+                        merge, direct = min(merge, m), min(direct, d)
+                ms[(kind, size)] = (direct * 1e3, merge * 1e3)
+    lines = [
+        "| patch: every member | members | `jsonb_merge_patch` ms | `merge_jsonb` ms"
+        " | vs values (`merge_jsonb`) | vs 10x fewer members (`merge_jsonb`) |",
+        "|---|---|---|---|---|---|",
+    ]
+    small, large = LARGE_SIZES
+    for size in LARGE_SIZES:
+        for kind in LARGE_KINDS:
+            direct, merge = ms[(kind, size)]
+            vs_values = "-" if kind == "values" else f"{merge / ms[('values', size)][1]:.1f}x"
+            vs_fewer = f"{merge / ms[(kind, small)][1]:.1f}x" if size == large else "-"
+            lines.append(
+                f"| {kind} | {size:,} | {direct:.0f} | {merge:.0f} | {vs_values} | {vs_fewer} |"
+            )
+    return "\n".join(lines)
+
+
 CPU_LOOPS = [
     (
         "update doc = doc \\|\\| $1 (bare, planned per call)",
@@ -291,6 +368,7 @@ def main() -> None:
     durable_table, durable_notes = hot_row(durable=True)
     fast_table, fast_notes = hot_row(durable=False)
     cost = merge_patch_cost()
+    large = large_patch_cost()
     cpu = server_cpu()
     section = "\n".join(
         [
@@ -330,6 +408,15 @@ def main() -> None:
             " *flat*: two top-level keys; *nested*: a nested merge, a delete and a new object.",
             "",
             cost,
+            "",
+            "**Large patches**: milliseconds per call (best of"
+            f" {LARGE_CALLS}, wall time from psycopg, the patch sent as a parameter) for a patch"
+            " naming every key of a stored document of as many keys; *nulls* remove them all"
+            " (the 1 MB patch of issue 9), *values* replace them, *empty objects* merge into"
+            " each. A linear cost shows as about 10x for 10x the members (a quadratic one as"
+            " 100x); *values* is a single `||`, Postgres's own cost, for reference.",
+            "",
+            large,
         ]
     )
     print(section)
@@ -343,4 +430,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["large-patches"]:
+        print(large_patch_cost())
+    else:
+        main()

@@ -96,6 +96,26 @@ def build(admin_dsn: str, name: str, files: set[str] | None) -> str:
     return dsn
 
 
+OTHER_ROWS = 100_000
+
+
+def usage_read(dsn: str) -> Result:
+    """One subject's usage next to OTHER_ROWS rows of other subjects (0.1.0 scanned them all)."""
+    with connect(dsn) as conn:
+        conn.execute(
+            "insert into pgshield.rate_limit_state"
+            " (key, policy, window_seconds, algorithm, limit_value, window_start, count,"
+            "  expires_at)"
+            " select 'other-' || g, 'bench_fixed_window', 60, 'fixed_window', 100, now(), 1,"
+            "        now() + interval '1 day'"
+            " from generate_series(1, %s) g on conflict do nothing",
+            (OTHER_ROWS,),
+        )
+        conn.execute("vacuum analyze pgshield.rate_limit_state")
+    script = "select public.get_rate_limit_usage('s1');\n"
+    return pgbench(dsn, "usage", script, clients=1, seconds=3)
+
+
 def main() -> None:
     started = time.monotonic()
     last = releases()[-1]
@@ -114,6 +134,7 @@ def main() -> None:
                     if k not in best or r.ops_per_s > best[k].ops_per_s:
                         best[k] = r
             print(f"  release: round {rnd + 1}/{ROUNDS} done", flush=True)
+        usage = {side: usage_read(dsn) for side, dsn in sides.items()}
     lines = [
         f"Head (the working tree's migrations) against release {last.version}, {CLIENTS} clients,"
         f" durable cluster, unlogged state (the default); best of {ROUNDS} interleaved"
@@ -129,6 +150,18 @@ def main() -> None:
             f"| {name} | {keys} | {a.ops_per_s:,.0f} | {b.ops_per_s:,.0f} |"
             f" {b.ops_per_s / a.ops_per_s:.2f} | {a.p99_ms:.2f} ms | {b.p99_ms:.2f} ms |"
         )
+    a, b = usage[last.version], usage["head"]
+    lines += [
+        "",
+        f"Reading one subject's usage (`get_rate_limit_usage`, 1 client) with {OTHER_ROWS:,}"
+        " rows of other subjects in the table:",
+        "",
+        f"| | {last.version} | head | head / {last.version} |",
+        "|---|---|---|---|",
+        f"| calls/s | {a.ops_per_s:,.1f} | {b.ops_per_s:,.1f}"
+        f" | {b.ops_per_s / max(a.ops_per_s, 0.001):,.0f}x |",
+        f"| p50 per call | {a.p50_ms:.2f} ms | {b.p50_ms:.3f} ms | |",
+    ]
     lines += ["", f"_Release comparison: {time.monotonic() - started:.0f} s._"]
     text = "\n".join(lines)
     print(text)

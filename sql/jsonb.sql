@@ -24,9 +24,14 @@ set local statement_timeout = '60s';
 -- ------------------------------------------------------------ merge patch ----
 
 -- One level of RFC 7396 (the recursion of jsonb_merge_patch). Only the keys the
--- patch names are touched, and the target is rebuilt at most twice per level
--- (one `-` for all removed keys, one `||` for all set keys), never once per key.
--- A patch without nested objects or nulls (the common case) is a single `||`.
+-- patch names are touched, and the cost is linear in the sizes of target and
+-- patch. A patch without nested objects or nulls (the common case) is a single
+-- `||`. A patch with a few null or object members (at most 16) rebuilds the
+-- target at most twice (one `-` for all removed keys, one `||` for all set
+-- keys). With more, the level is one aggregate over a join of the target's and
+-- the patch's members: Postgres's `jsonb - text[]` compares every key of the
+-- document with every key of the array, so removing k keys from n costs n * k
+-- (65,000 null members took seconds), while the join costs n + k.
 -- p_level is the nesting level of p_patch (1 = the patch itself).
 -- Callers: jsonb_merge_patch, jsonb_merge_patch_at (granted like
 -- jsonb_merge_patch; pure).
@@ -38,6 +43,7 @@ language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_special_count integer;
   v_special jsonb;
   v_item jsonb;
   v_key text;
@@ -47,18 +53,6 @@ declare
   v_vals jsonb[];
   v_set jsonb;
 begin
-  -- Fast path: an object patch none of whose members is an object or a null
-  -- is one `||`. The result is an object only when the target was one (an
-  -- array or a scalar concatenated with an object gives an array), and
-  -- testing the result rather than the target spares decompressing a large
-  -- target twice; otherwise the merge into {} is the patch itself. The strict
-  -- mode keeps arrays from being unwrapped into their elements.
-  if jsonb_typeof(p_patch) = 'object' and p_level <= 32
-     and not jsonb_path_exists(p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")') then
-    v_set := p_target || p_patch;
-    return case when jsonb_typeof(v_set) = 'object' then v_set else p_patch end;
-  end if;
-
   if jsonb_typeof(p_patch) is distinct from 'object' then
     return p_patch;
   end if;
@@ -69,10 +63,44 @@ begin
       hint = 'Flatten the patch, or merge the deep part with p_path pointing at it.';
   end if;
 
+  -- The members that need more than a plain `||`: nulls and objects. The
+  -- strict mode keeps arrays from being unwrapped into their elements.
+  v_special_count := jsonb_array_length(jsonb_path_query_array(
+    p_patch, 'strict $.* ? (@.type() == "object" || @.type() == "null")'));
+
+  -- None: one `||`. The result is an object only when the target was one (an
+  -- array or a scalar concatenated with an object gives an array), and
+  -- testing the result rather than the target spares decompressing a large
+  -- target twice; otherwise the merge into {} is the patch itself.
+  if v_special_count = 0 then
+    v_set := p_target || p_patch;
+    return case when jsonb_typeof(v_set) = 'object' then v_set else p_patch end;
+  end if;
+
   if jsonb_typeof(p_target) is distinct from 'object' then
     p_target := '{}'::jsonb;
   end if;
-  -- The members that need more than a plain `||`: nulls and objects.
+
+  -- Many null or object members: one pass over both documents. A member of the
+  -- target the patch does not name stays; a null member of the patch drops
+  -- its key; an object member merges into the target's value (or into {});
+  -- any other member replaces it. The target is read once (no `->` per key: a
+  -- compressed target would be decompressed every time).
+  if v_special_count > 16 then
+    return (
+      select coalesce(jsonb_object_agg(
+               coalesce(p.key, t.key),
+               case when p.key is null then t.value
+                    when jsonb_typeof(p.value) = 'object'
+                    then pgshield.jsonb_merge_patch_level(t.value, p.value, p_level + 1)
+                    else p.value end),
+             '{}'::jsonb)
+        from jsonb_each(p_target) as t
+        full join jsonb_each(p_patch) as p on p.key = t.key
+       where p.key is null or jsonb_typeof(p.value) <> 'null');
+  end if;
+
+  -- A few: one by one.
   v_special := jsonb_path_query_array(
     p_patch,
     'strict $.keyvalue() ? (@.value.type() == "object" || @.value.type() == "null")');
@@ -90,12 +118,9 @@ begin
     end if;
   end loop;
 
-  -- The plain members, then the merged objects: one by one for a few (no
-  -- query needed), in one aggregate for many (linear, not quadratic).
+  -- The plain members, then the merged objects, then the removals.
   v_set := p_patch - v_skip;
-  if cardinality(v_keys) > 16 then
-    v_set := v_set || (select jsonb_object_agg(u.k, u.v) from unnest(v_keys, v_vals) as u(k, v));
-  elsif v_keys is not null then
+  if v_keys is not null then
     for i in 1 .. cardinality(v_keys) loop
       v_set := v_set || jsonb_build_object(v_keys[i], v_vals[i]);
     end loop;
@@ -111,15 +136,15 @@ $$;
 revoke all on function pgshield.jsonb_merge_patch_level(jsonb, jsonb, integer)
   from public, anon, authenticated, service_role;
 grant execute on function pgshield.jsonb_merge_patch_level(jsonb, jsonb, integer)
-  to anon, authenticated, service_role;
+  to authenticated, service_role;
 
 -- RFC 7396 JSON Merge Patch: objects merge recursively, a JSON null in the
 -- patch removes the key, any non-object patch (arrays included) replaces the
 -- target, a non-object target under an object patch counts as {}.
 -- SQL NULL target counts as {}; SQL NULL patch returns p_target unchanged
 -- (so jsonb_merge_patch(null, null) is null).
--- Callers: anon, authenticated, service_role (anon has no usage on schema
--- pgshield, so in practice authenticated, service_role and the owner).
+-- Callers: authenticated, service_role, the owner (not anon: it merges nothing
+-- anon may write).
 -- Errors: 22023 when p_patch nests objects deeper than 32 levels.
 create or replace function pgshield.jsonb_merge_patch(p_target jsonb, p_patch jsonb)
 returns jsonb
@@ -146,7 +171,7 @@ $$;
 revoke all on function pgshield.jsonb_merge_patch(jsonb, jsonb)
   from public, anon, authenticated, service_role;
 grant execute on function pgshield.jsonb_merge_patch(jsonb, jsonb)
-  to anon, authenticated, service_role;
+  to authenticated, service_role;
 
 -- Merges p_patch into the value at p_path inside p_target: the value there
 -- becomes jsonb_merge_patch(value, p_patch) (so a JSON null p_patch stores
@@ -457,13 +482,24 @@ begin
     v_branches := v_branches || E'  end if;\n';
   end if;
 
-  execute format(
-    'create or replace function pgshield.jsonb_merge_fast('
-    'p_id text, p_patch jsonb, p_path text[], p_expected_hash text, p_table text)'
-    ' returns jsonb language plpgsql volatile security invoker'
-    ' set search_path = pg_catalog, pg_temp as %L',
-    E'\n-- Generated by pgshield.jsonb_merge_fast_rebuild() from pgshield.jsonb_target.\n'
-    || E'declare\n  v_doc jsonb;\nbegin\n' || v_branches || E'  return v_doc;\nend\n');
+  if v_branches = '' then
+    -- No target: a plain SQL null (a plpgsql body would ignore all its parameters).
+    execute format(
+      'create or replace function pgshield.jsonb_merge_fast('
+      'p_id text, p_patch jsonb, p_path text[], p_expected_hash text, p_table text)'
+      ' returns jsonb language sql volatile security invoker'
+      ' set search_path = pg_catalog, pg_temp as %L',
+      E'\n-- Generated by pgshield.jsonb_merge_fast_rebuild(): no registered target.\n'
+      || E'select null::jsonb\n');
+  else
+    execute format(
+      'create or replace function pgshield.jsonb_merge_fast('
+      'p_id text, p_patch jsonb, p_path text[], p_expected_hash text, p_table text)'
+      ' returns jsonb language plpgsql volatile security invoker'
+      ' set search_path = pg_catalog, pg_temp as %L',
+      E'\n-- Generated by pgshield.jsonb_merge_fast_rebuild() from pgshield.jsonb_target.\n'
+      || E'declare\n  v_doc jsonb;\nbegin\n' || v_branches || E'  return v_doc;\nend\n');
+  end if;
   revoke all on function pgshield.jsonb_merge_fast(text, jsonb, text[], text, text)
     from public, anon, authenticated, service_role;
   grant execute on function pgshield.jsonb_merge_fast(text, jsonb, text[], text, text)

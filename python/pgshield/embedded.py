@@ -76,7 +76,7 @@ def find_bindir() -> Path:
     raise SetupError(
         "no Postgres server binaries found (initdb, pg_ctl, postgres)",
         hint="install them, e.g. `apt-get install postgresql-15 postgresql-15-pgtap "
-        "postgresql-15-cron`, or set PGSHIELD_PG_BINDIR",
+        "postgresql-15-cron postgresql-15-plpgsql-check`, or set PGSHIELD_PG_BINDIR",
     )
 
 
