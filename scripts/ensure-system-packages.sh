@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what pgshield's tests and demo need: python3 with venv, a Postgres
-# server, pgTAP + pg_cron + plpgsql_check for the server's major version, and Node.js with npm
-# (for the pinned Supabase CLI). Installs with apt-get when root (Debian/Ubuntu); otherwise names
-# the packages to install and fails. Optional extras (for `make bench`): pass --bench to also
-# install redis-server.
+# server, pgTAP + pg_cron + plpgsql_check for the server's major version, pg_prove, and Node.js
+# with npm (for the pinned Supabase CLI). Installs with apt-get when root (Debian/Ubuntu);
+# otherwise names the packages to install and fails. Optional extras (for `make bench`): pass
+# --bench to also install redis-server.
 set -euo pipefail
 
 want_bench=0
@@ -64,6 +64,8 @@ pkglibdir="$("$bindir/pg_config" --pkglibdir)"
 [[ -f "$sharedir/extension/pgtap.control" ]] || missing+=("postgresql-$major-pgtap")
 [[ -f "$pkglibdir/pg_cron.so" ]] || missing+=("postgresql-$major-cron")
 [[ -f "$sharedir/extension/plpgsql_check.control" ]] || missing+=("postgresql-$major-plpgsql-check")
+# pg_prove runs tests/pgtap the way `supabase test db` does (tests/test_pgtap.py).
+command -v pg_prove >/dev/null 2>&1 || missing+=(libtap-parser-sourcehandler-pgtap-perl)
 
 # -- Node.js and npm (the Supabase CLI round-trip test) ---------------------------
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -15,9 +15,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import conninfo, sql
 
+from pgshield.client import connect
+from pgshield.migrations import migrate
 from pgshield.provision import prepare_database
-from support import Backend
+from support import SUPABASE_POSTGRES, Backend, as_user
 
 
 @contextlib.contextmanager
@@ -72,6 +75,44 @@ def template_db(backend: Backend) -> Iterator[str]:
 def bare_template_db(backend: Backend) -> Iterator[str]:
     """A database with the compat stub and pgtap, but no pgshield migration."""
     yield from _template(backend, migrated=False)
+
+
+@pytest.fixture(scope="session")
+def supabase_template_db(backend: Backend) -> Iterator[str]:
+    """A migrated database set up the way hosted Supabase is: owned by ``supabase_postgres``.
+
+    The superuser applies the compat stub and pgtap (the platform's part, which also creates the
+    role); the migrations are then applied by ``supabase_postgres``, a non-superuser, as
+    ``supabase db push`` or ``pgshield migrate`` do as hosted Supabase's ``postgres``. Clone it
+    with ``owner=SUPABASE_POSTGRES`` and connect with ``as_user(dsn, SUPABASE_POSTGRES)``.
+    """
+    name = f"pgshield_tpl_s_{uuid.uuid4().hex[:8]}"
+    dsn = backend.create(name)
+    try:
+        prepare_database(dsn, apply_migrations=False)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("alter database {} owner to {}").format(
+                    sql.Identifier(name), sql.Identifier(SUPABASE_POSTGRES)
+                )
+            )
+            # Where the server asks for a password, the role gets the admin's (trust: unused).
+            password = conninfo.conninfo_to_dict(backend.admin_dsn).get("password")
+            if password:
+                conn.execute(
+                    sql.SQL("alter role {} password {}").format(
+                        sql.Identifier(SUPABASE_POSTGRES), sql.Literal(password)
+                    )
+                )
+        with connect(as_user(dsn, SUPABASE_POSTGRES)) as conn:
+            user = conn.execute(
+                "select current_user, usesuper from pg_user where usename = current_user"
+            ).fetchone()
+            assert user == (SUPABASE_POSTGRES, False), user
+            migrate(conn)
+        yield name
+    finally:
+        backend.drop(name)
 
 
 @pytest.fixture

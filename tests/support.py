@@ -12,10 +12,20 @@ from typing import Any
 import psycopg
 from psycopg import conninfo, sql
 
+# The compat stub's stand-in for hosted Supabase's ``postgres`` (NOSUPERUSER CREATEROLE CREATEDB
+# REPLICATION BYPASSRLS, member of anon, authenticated and service_role): see
+# sql/compat/supabase.sql. The embedded cluster's superuser already has the name postgres.
+SUPABASE_POSTGRES = "supabase_postgres"
+
 
 def with_dbname(dsn: str, dbname: str) -> str:
     """The same server, another database."""
     return conninfo.make_conninfo(dsn, dbname=dbname)
+
+
+def as_user(dsn: str, user: str) -> str:
+    """The same server and database, logged in as another role (same password, if any)."""
+    return conninfo.make_conninfo(dsn, user=user)
 
 
 class Backend:
@@ -27,11 +37,14 @@ class Backend:
     def dsn(self, dbname: str) -> str:
         return with_dbname(self.admin_dsn, dbname)
 
-    def create(self, name: str, template: str | None = None) -> str:
+    def create(self, name: str, template: str | None = None, owner: str | None = None) -> str:
+        """Create a database (as a copy of ``template``, owned by ``owner``); return its DSN."""
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             query = sql.SQL("create database {}").format(sql.Identifier(name))
             if template:
                 query = sql.SQL("{} template {}").format(query, sql.Identifier(template))
+            if owner:
+                query = sql.SQL("{} owner {}").format(query, sql.Identifier(owner))
             conn.execute(query)
         return self.dsn(name)
 
@@ -42,9 +55,12 @@ class Backend:
             )
 
     @contextlib.contextmanager
-    def clone(self, template: str, prefix: str = "pgshield_t_") -> Iterator[str]:
+    def clone(
+        self, template: str, prefix: str = "pgshield_t_", owner: str | None = None
+    ) -> Iterator[str]:
+        """A copy of ``template`` for the block (owned by ``owner``: a copy keeps no owner)."""
         name = f"{prefix}{uuid.uuid4().hex[:12]}"
-        dsn = self.create(name, template)
+        dsn = self.create(name, template, owner)
         try:
             yield dsn
         finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from psycopg import conninfo
 
 PLAN_RE = re.compile(r"^1\.\.(\d+)")
 RESULT_RE = re.compile(r"^(not ok|ok)\s+(\d+)\s*(?:-\s*)?(.*)$")
@@ -123,3 +126,32 @@ def run_pgtap_file(dsn: str, path: Path) -> TapResult:
         timeout=240,
     )
     return parse_tap(path, proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_pg_prove(dsn: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    """Run a directory of pgTAP files the way ``supabase test db`` does.
+
+    ``pg_prove --ext .pg --ext .sql -r <dir>``, connected through the ``PG*`` environment; every
+    file runs in the same database, one after another. pg_prove comes from Debian's
+    ``libtap-parser-sourcehandler-pgtap-perl`` (scripts/ensure-system-packages.sh installs it).
+    """
+    pg_prove = shutil.which("pg_prove")
+    if not pg_prove:
+        raise RuntimeError(
+            "pg_prove is missing: `make setup` runs scripts/ensure-system-packages.sh, which"
+            " installs it (libtap-parser-sourcehandler-pgtap-perl)"
+        )
+    params = conninfo.conninfo_to_dict(dsn)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
+    env.update({var: str(params[key]) for key, var in names.items() if params.get(key)})
+    if params.get("password"):
+        env["PGPASSWORD"] = str(params["password"])
+    args = ["--psql-bin", psql_binary(), "--ext", ".pg", "--ext", ".sql", "-r", str(directory)]
+    return subprocess.run(
+        [pg_prove, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )

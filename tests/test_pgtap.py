@@ -3,6 +3,10 @@
 The files stay plain pgTAP (they also run under ``pg_prove`` and ``supabase test db``); here a
 failure shows each failing assertion's description and diagnostics. Every file pulls in the
 shared ``_helpers.psql`` with ``\\ir``; files starting with ``_`` never run on their own.
+
+Each file runs twice: as the cluster's superuser, and as ``supabase_postgres``, the compat stub's
+stand-in for hosted Supabase's ``postgres`` (not a superuser; it applied the migrations of its
+template itself). Then pg_prove runs the directory as that role, as ``supabase test db`` does.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from support import Backend
-from tap import parse_tap, pgtap_files, run_pgtap_file
+from support import SUPABASE_POSTGRES, Backend, as_user
+from tap import parse_tap, pgtap_files, run_pg_prove, run_pgtap_file
 
 PGTAP_DIR = Path(__file__).parent / "pgtap"
 FILES = pgtap_files(PGTAP_DIR)
@@ -31,6 +35,58 @@ def test_pgtap(path: Path, backend: Backend, template_db: str) -> None:
         result = run_pgtap_file(dsn, path)
     if not result.ok:
         pytest.fail(result.report(), pytrace=False)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_pgtap_as_supabase_postgres(
+    path: Path, backend: Backend, supabase_template_db: str
+) -> None:
+    """The same file as hosted Supabase's ``postgres`` runs it (``supabase test db``).
+
+    Not a superuser: CREATEROLE, CREATEDB, REPLICATION, BYPASSRLS, a member of anon,
+    authenticated and service_role, the owner of the database and of what the migrations made.
+    """
+    with backend.clone(supabase_template_db, owner=SUPABASE_POSTGRES) as dsn:
+        result = run_pgtap_file(as_user(dsn, SUPABASE_POSTGRES), path)
+    if not result.ok:
+        pytest.fail(result.report(), pytrace=False)
+
+
+def test_supabase_postgres_is_hosted_postgres(backend: Backend, supabase_template_db: str) -> None:
+    """The stand-in has hosted ``postgres``'s attributes and memberships, and owns the pack."""
+    with (
+        backend.clone(supabase_template_db, owner=SUPABASE_POSTGRES) as dsn,
+        psycopg.connect(as_user(dsn, SUPABASE_POSTGRES)) as conn,
+    ):
+        row = conn.execute(
+            """
+            select r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
+                   r.rolbypassrls, r.rolcanlogin, r.rolinherit,
+                   array(select m.roleid::regrole::text from pg_auth_members m
+                          where m.member = r.oid order by 1),
+                   (select nspowner::regrole::text from pg_namespace
+                     where nspname = 'pgshield'),
+                   (select datdba::regrole::text from pg_database
+                     where datname = current_database())
+              from pg_roles r where r.rolname = current_user
+            """
+        ).fetchone()
+    assert row == (
+        False, True, True, True, True, True, True,
+        ["anon", "authenticated", "service_role"],
+        SUPABASE_POSTGRES, SUPABASE_POSTGRES,
+    )  # fmt: skip
+
+
+def test_supabase_test_db_invocation_as_supabase_postgres(
+    backend: Backend, supabase_template_db: str
+) -> None:
+    """pg_prove over the whole directory in one database, as ``supabase test db`` runs it."""
+    with backend.clone(supabase_template_db, owner=SUPABASE_POSTGRES) as dsn:
+        proc = run_pg_prove(as_user(dsn, SUPABASE_POSTGRES), PGTAP_DIR)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert re.search(rf"^Files={len(FILES)}, ", proc.stdout, re.M), proc.stdout[-2000:]
+    assert "Result: PASS" in proc.stdout
 
 
 FAILING_FILE = """\

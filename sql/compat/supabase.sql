@@ -40,9 +40,31 @@ $$;
 
 grant anon, authenticated, service_role to authenticator;
 
+-- Hosted Supabase's `postgres` is not a superuser (that is supabase_admin): it
+-- owns what it creates, applies the migrations (`supabase db push`, `pgshield
+-- migrate`) and runs `supabase test db`. The bootstrap superuser of a vanilla
+-- cluster is usually called postgres, so the stand-in has another name:
+-- supabase_postgres, with hosted postgres's attributes and memberships
+-- (Supabase: `grant anon, authenticated, service_role to postgres`). It has no
+-- password here; it logs in where pg_hba trusts (the embedded cluster), or the
+-- tests give it one.
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'supabase_postgres') then
+    create role supabase_postgres login nosuperuser inherit createrole createdb replication bypassrls;
+  end if;
+end
+$$;
+
+grant anon, authenticated, service_role to supabase_postgres;
+
 -- ----------------------------------------------------------- extensions ------
+-- As on Supabase: usage for postgres and the API roles only, not for PUBLIC (a
+-- role a test creates cannot reach pgTAP there either).
 create schema if not exists extensions;
-grant usage on schema extensions to public;
+revoke all on schema extensions from public;
+grant usage on schema extensions to anon, authenticated, service_role;
+grant all on schema extensions to supabase_postgres;
 
 -- ------------------------------------------------------------- public -------
 -- Supabase grants everything in public to the API roles by default; the pack
@@ -53,6 +75,13 @@ alter default privileges in schema public
 alter default privileges in schema public
   grant all on functions to anon, authenticated, service_role;
 alter default privileges in schema public
+  grant all on sequences to anon, authenticated, service_role;
+-- ... also for what postgres creates (there: supabase_postgres), the migrations included.
+alter default privileges for role supabase_postgres in schema public
+  grant all on tables to anon, authenticated, service_role;
+alter default privileges for role supabase_postgres in schema public
+  grant all on functions to anon, authenticated, service_role;
+alter default privileges for role supabase_postgres in schema public
   grant all on sequences to anon, authenticated, service_role;
 
 -- --------------------------------------------------------------- auth -------
@@ -67,6 +96,9 @@ create table if not exists auth.users (
   created_at timestamptz not null default now()
 );
 comment on table auth.users is 'pgshield compat stub: stands in for Supabase Auth users';
+-- Supabase grants postgres all on schema auth and its tables (sign-up triggers, tests).
+grant all on schema auth to supabase_postgres;
+grant all on table auth.users to supabase_postgres;
 
 -- The claims of the current request, as PostgREST sets them; an empty or
 -- missing setting means no claims.
@@ -102,3 +134,4 @@ $$;
 
 grant execute on function auth.jwt(), auth.uid(), auth.role()
   to anon, authenticated, service_role;
+grant all on function auth.jwt(), auth.uid(), auth.role() to supabase_postgres;

@@ -55,7 +55,9 @@ language sql security definer set search_path = pg_catalog, pg_temp
 as $$ select pgshield.caller_role() || ':' || pgshield.caller_is_trusted() $$;
 grant execute on function public.pgshield_t_whoami() to authenticated, service_role;
 
-select is(public.pgshield_t_whoami(), 'postgres:true', 'the owner is a trusted caller');
+-- The test's own role: postgres on Supabase (not a superuser there, but the
+-- owner of schema pgshield and bypassrls), or whichever role runs the file.
+select is(public.pgshield_t_whoami(), session_user || ':true', 'the owner is a trusted caller');
 select pg_temp.act_as('authenticated', pg_temp.test_user('alice'));
 select is(public.pgshield_t_whoami(), 'authenticated:false',
   'inside a definer function, authenticated is seen and not trusted');
@@ -64,18 +66,30 @@ select is(public.pgshield_t_whoami(), 'service_role:true', 'inside a definer fun
 select throws_ok('select pgshield.caller_role()', '42501', null, 'API roles cannot call the caller helpers directly');
 select pg_temp.act_as_owner();
 
--- Not an API role: set by hand, no claims.
+-- Not an API role: set by hand, no claims. Creating a role does not make its
+-- creator a member (PostgreSQL 15; on Supabase the test runs as postgres, which
+-- is CREATEROLE but not a superuser), so the test grants it to itself first.
+-- pgTAP lives in schema extensions, which on Supabase only postgres and the API
+-- roles may use (and postgres cannot grant): the answers are taken as the role
+-- and asserted on as the owner.
 create role pgshield_t_owner nologin nosuperuser nobypassrls;
+grant pgshield_t_owner to current_user;
 grant usage on schema pgshield to pgshield_t_owner;
 grant execute on function public.pgshield_t_whoami() to pgshield_t_owner;
+create temp table pgshield_t_seen (step text primary key, whoami text not null);
+grant insert on pg_temp.pgshield_t_seen to pgshield_t_owner;
 set local role pgshield_t_owner;
-select is(public.pgshield_t_whoami(), 'pgshield_t_owner:false', 'an ordinary role is not trusted');
+insert into pg_temp.pgshield_t_seen values ('ordinary', public.pgshield_t_whoami());
 select pg_temp.act_as_owner();
 alter schema pgshield owner to pgshield_t_owner;
 set local role pgshield_t_owner;
-select is(public.pgshield_t_whoami(), 'pgshield_t_owner:true',
-  'the owner of schema pgshield (the migration role) is trusted without superuser');
+insert into pg_temp.pgshield_t_seen values ('schema owner', public.pgshield_t_whoami());
 select pg_temp.act_as_owner();
+select is((select s.whoami from pg_temp.pgshield_t_seen s where s.step = 'ordinary'),
+  'pgshield_t_owner:false', 'an ordinary role is not trusted');
+select is((select s.whoami from pg_temp.pgshield_t_seen s where s.step = 'schema owner'),
+  'pgshield_t_owner:true',
+  'the owner of schema pgshield (the migration role) is trusted without superuser');
 
 select * from finish();
 rollback;
