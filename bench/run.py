@@ -6,7 +6,15 @@ import importlib
 import sys
 
 # One entry per module benchmark (module in bench/ exposing main() -> str of markdown).
-BENCHMARKS: list[str] = ["bench_rate_limit", "bench_jsonb", "bench_release"]
+BENCHMARKS: list[str] = [
+    "bench_rate_limit",
+    "bench_jsonb",
+    "bench_breaker",
+    "bench_teams",
+    "bench_release",
+    "bench_guard",
+    "bench_maintenance",
+]
 
 
 def main() -> int:

@@ -7,6 +7,9 @@
 -- invoker and call pgshield functions granted to anon one by one. And
 -- pgshield.assert_pack_type(), which refuses look-alike types made by others.
 
+-- The hop count and prefixes are small bounded integers (checks below).
+-- squawk-ignore-file prefer-bigint-over-int
+
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;

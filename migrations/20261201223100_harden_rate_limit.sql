@@ -413,7 +413,10 @@ grant execute on function public.peek_check_rate_limit(text, integer, text, text
 
 -- The usage rows' column "limit" (a reserved word) becomes limit_value; the
 -- view keeps its columns.
+-- Both are internal (schema pgshield) and recreated right below.
+-- squawk-ignore ban-drop-view
 drop view pgshield.rate_limit_usage;
+-- squawk-ignore ban-drop-function
 drop function pgshield.rate_limit_usage_rows();
 
 -- Current usage of every live row, one evaluation of its stored state each.

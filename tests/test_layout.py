@@ -200,7 +200,8 @@ def test_every_piece_of_a_module_exists(module: Module) -> None:
         assert (REPO / "python" / "pgshield" / "cli" / f"{name}.py").is_file()
     assert module.demo and callable(load(module.demo)), "a demo section"
     if module.namespace:
-        assert (REPO / "docs" / f"{name}.md").is_file(), f"docs/{name}.md"
+        page = module.docs or name
+        assert (REPO / "docs" / f"{page}.md").is_file(), f"docs/{page}.md"
     if module.readme:
         readme = (REPO / "README.md").read_text()
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

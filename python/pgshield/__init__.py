@@ -1,5 +1,13 @@
 """pgshield: guard rails that live in Postgres, shared by every instance of an application."""
 
+from pgshield.breaker import (
+    AsyncBreaker,
+    AsyncBreakers,
+    Breaker,
+    BreakerOpen,
+    Breakers,
+    BreakerStatus,
+)
 from pgshield.errors import (
     Conflict,
     InvalidInput,
@@ -12,7 +20,9 @@ from pgshield.errors import (
     ShieldError,
     Unavailable,
 )
+from pgshield.guard import AsyncGuard, Guard, GuardRule, GuardStatus
 from pgshield.jsonb import AsyncJsonbMerges, JsonbMerges, JsonbTarget
+from pgshield.maintenance import AsyncMaintenance, Maintenance, MaintenanceRun, MaintenanceStatus
 from pgshield.rate_limit import (
     AsyncRateLimiter,
     AsyncRateLimits,
@@ -25,20 +35,39 @@ from pgshield.rate_limit import (
     WindowState,
 )
 from pgshield.shield import AsyncShield, Shield
+from pgshield.teams import AsyncTeams, AuditEntry, Invitation, Member, Team, Teams, TeamsStatus
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncBreaker",
+    "AsyncBreakers",
+    "AsyncGuard",
     "AsyncJsonbMerges",
+    "AsyncMaintenance",
     "AsyncRateLimiter",
     "AsyncRateLimits",
     "AsyncShield",
+    "AsyncTeams",
+    "AuditEntry",
+    "Breaker",
+    "BreakerOpen",
+    "BreakerStatus",
+    "Breakers",
     "Conflict",
     "Counter",
     "Decision",
+    "Guard",
+    "GuardRule",
+    "GuardStatus",
     "InvalidInput",
+    "Invitation",
     "JsonbMerges",
     "JsonbTarget",
+    "Maintenance",
+    "MaintenanceRun",
+    "MaintenanceStatus",
+    "Member",
     "MigrationError",
     "NotAllowed",
     "NotFound",
@@ -50,6 +79,9 @@ __all__ = [
     "SetupError",
     "Shield",
     "ShieldError",
+    "Team",
+    "Teams",
+    "TeamsStatus",
     "Unavailable",
     "Usage",
     "WindowState",

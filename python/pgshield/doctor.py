@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from psycopg import conninfo
+
 from pgshield.client import connect
+from pgshield.errors import ShieldError
 from pgshield.migrations import status as migration_status
 
 
@@ -80,6 +84,8 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
             "pg_cron",
             *cron_status("pg_cron" in exts, exts.get("pg_cron"), cron[2], cron[1], cron[0]),
         )
+        for check in maintenance_checks(conn, dsn):
+            add(*check)
         if "pgtap" not in exts:
             add("pgtap", None, "not available: only the pgTAP tests need it")
         else:
@@ -102,3 +108,78 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
             "present" if not missing else f"missing: {', '.join(sorted(missing))}",
         )
     return checks
+
+
+JOB_SQL = (
+    "select j.jobid, j.schedule, j.active,"
+    " (select jsonb_agg(to_jsonb(r) order by r.runid desc) from (select d.runid, d.status,"
+    "   d.start_time, d.return_message from cron.job_run_details d where d.jobid = j.jobid"
+    "   order by d.runid desc limit 10) r) as runs"
+    " from cron.job j where j.jobname = %(name)s and j.database = %(db)s"
+)
+
+
+def maintenance_checks(conn: psycopg.Connection, dsn: str) -> list[tuple[str, bool | None, str]]:
+    """The maintenance job, its last runs and failures, and state past its expected size."""
+    found = conn.execute(
+        "select to_regprocedure('pgshield.maintenance_status(integer)') is not null"
+    ).fetchone()
+    if not (found and found[0]):
+        return []
+    status = conn.execute("select pgshield.maintenance_status(10)").fetchone()
+    assert status is not None
+    st = status[0]
+    cron = st["cron"]
+    name = f"pgshield-maintenance-{cron['here']}"
+    job, where = None, "this database"
+    if cron.get("version"):
+        if st["job"]:
+            job = {**st["job"], "runs": st["runs"]}
+    elif cron.get("preloaded") and cron.get("database") != cron["here"]:
+        where = f"database {cron['database']!r}"
+        try:
+            with connect(conninfo.make_conninfo(dsn, dbname=cron["database"]), timeout=5) as c:
+                row = c.execute(JOB_SQL, {"name": name, "db": cron["here"]}).fetchone()
+            if row:
+                job = {"jobid": row[0], "schedule": row[1], "active": row[2], "runs": row[3] or []}
+        except (psycopg.Error, ShieldError) as exc:
+            return [("maintenance job", None, f"could not look in {where}: {exc}")]
+    out: list[tuple[str, bool | None, str]] = []
+    if job is None:
+        out.append(("maintenance job", None, f"none in {where}: run `pgshield cron install`"))
+    else:
+        runs = job["runs"]
+        failed = [r for r in runs if r.get("status") == "failed"]
+        last = runs[0] if runs else None
+        detail = (
+            f"{name} (id {job['jobid']}) on {job['schedule']!r} in {where}"
+            + ("" if job["active"] else ", inactive")
+            + (f"; last run {last['status']} at {last['start_time']}" if last else "; no run yet")
+        )
+        out.append(("maintenance job", bool(job["active"]), detail))
+        if failed:
+            msg = (failed[0].get("return_message") or "").strip()
+            out.append(
+                ("maintenance failures", False, f"{len(failed)} of the last {len(runs)}: {msg}")
+            )
+    errors = [t for t in st["tasks"] if t.get("last_status") == "failed"]
+    if errors:
+        out.append(
+            (
+                "maintenance tasks",
+                False,
+                "; ".join(f"{t['task']}: {t['last_error']}" for t in errors),
+            )
+        )
+    big = [
+        f"{o['table']} ~{o['rows']} rows (expected <= {t['max_rows']})"
+        for t in st["tasks"]
+        for o in t["oversized"]
+    ]
+    behind = [t["task"] for t in st["tasks"] if t.get("last_status") == "more"]
+    if big or behind:
+        detail = "; ".join(big + [f"{b}: last run stopped at its time budget" for b in behind])
+        out.append(("state size", None, detail))
+    else:
+        out.append(("state size", True, "every table within its expected size"))
+    return out

@@ -25,6 +25,7 @@ class Module:
     demo: str | None = None  # "module:function" of its demo section
     pgtap: str | None = None  # tests/pgtap/<NN>_<pgtap>_*.sql
     readme: bool = True  # README.md has <!-- <name>:start --> ... <!-- <name>:end -->
+    docs: str | None = None  # docs/<docs>.md, when it is not docs/<name>.md
 
 
 MODULES: tuple[Module, ...] = (
@@ -54,6 +55,47 @@ MODULES: tuple[Module, ...] = (
         cli="pgshield.cli.jsonb:jsonb",
         demo="pgshield.demo.jsonb:run",
         pgtap="jsonb",
+    ),
+    Module(
+        "breaker",
+        "circuit breakers shared by every instance",
+        namespace="breakers",
+        package="pgshield.breaker",
+        classes=("Breakers", "AsyncBreakers"),
+        cli="pgshield.cli.breaker:breaker",
+        demo="pgshield.demo.breaker:run",
+        pgtap="breaker",
+    ),
+    Module(
+        "teams",
+        "teams: atomic creation with an owner, roles, invitations, audit",
+        namespace="teams",
+        package="pgshield.teams",
+        classes=("Teams", "AsyncTeams"),
+        cli="pgshield.cli.teams:teams",
+        demo="pgshield.demo.teams:run",
+        pgtap="teams",
+    ),
+    Module(
+        "guard",
+        "rate limits in front of the Data API (PostgREST pre-request)",
+        namespace="guard",
+        package="pgshield.guard",
+        classes=("Guard", "AsyncGuard"),
+        cli="pgshield.cli.guard:guard",
+        demo="pgshield.demo.guard:run",
+        pgtap="guard",
+        docs="data_api_guard",
+    ),
+    Module(
+        "maintenance",
+        "cleanup on pg_cron, Prometheus metrics",
+        namespace="maintenance",
+        package="pgshield.maintenance",
+        classes=("Maintenance", "AsyncMaintenance"),
+        cli="pgshield.cli.maintenance:cron",
+        demo="pgshield.demo.maintenance:run",
+        pgtap="maintenance",
     ),
 )
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import psycopg
 
+from pgshield.breaker import AsyncBreakers, Breakers
 from pgshield.client import AsyncClient, SyncClient
 from pgshield.core import version_op
+from pgshield.guard import AsyncGuard, Guard
 from pgshield.jsonb import AsyncJsonbMerges, JsonbMerges
+from pgshield.maintenance import AsyncMaintenance, Maintenance
 from pgshield.namespace import namespace
 from pgshield.rate_limit import AsyncRateLimits, RateLimits
+from pgshield.teams import AsyncTeams, Teams
 
 
 class Shield(SyncClient):
@@ -27,6 +31,10 @@ class Shield(SyncClient):
 
     rate_limits = namespace(RateLimits)
     jsonb = namespace(JsonbMerges)
+    breakers = namespace(Breakers)
+    teams = namespace(Teams)
+    guard = namespace(Guard)
+    maintenance = namespace(Maintenance)
 
     def version(self, conn: psycopg.Connection | None = None) -> str:
         """The version of the pack installed in the database."""
@@ -38,6 +46,10 @@ class AsyncShield(AsyncClient):
 
     rate_limits = namespace(AsyncRateLimits)
     jsonb = namespace(AsyncJsonbMerges)
+    breakers = namespace(AsyncBreakers)
+    teams = namespace(AsyncTeams)
+    guard = namespace(AsyncGuard)
+    maintenance = namespace(AsyncMaintenance)
 
     async def version(self, conn: psycopg.AsyncConnection | None = None) -> str:
         """The version of the pack installed in the database."""

@@ -27,7 +27,9 @@ select set_eq(
     'public.check_rate_limit(text, integer, text, text)',
     'public.peek_check_rate_limit(text, integer, text, text)',
     -- what those two invoker entry points call
-    'pgshield.rate_limit_check(text, integer, text, text, boolean)'
+    'pgshield.rate_limit_check(text, integer, text, text, boolean)',
+    -- the Data API guard: PostgREST calls it before every request, as the request's role
+    'pgshield.request_guard()'
   ],
   'anon may execute exactly the pack functions on its allowlist');
 
@@ -49,6 +51,7 @@ select set_eq(
     -- what the invoker rate limit entry points call
     'pgshield.rate_limit_check(text, integer, text, text, boolean)',
     'pgshield.rate_limit_usage_of(text, text)',
+    'pgshield.request_guard()',
     -- merge_jsonb runs with the caller's rights, so what it calls is granted too
     'pgshield.jsonb_merge_check_args(text, jsonb, text[])',
     'pgshield.jsonb_merge_dynamic(text, text, jsonb, text[], text)',
@@ -56,7 +59,28 @@ select set_eq(
     'pgshield.jsonb_merge_patch_at(jsonb, text[], jsonb)',
     'pgshield.jsonb_merge_patch_level(jsonb, jsonb, integer)',
     'pgshield.jsonb_merge_statement(pgshield.jsonb_target, boolean)',
-    'pgshield.jsonb_relation_of(text)'
+    'pgshield.jsonb_relation_of(text)',
+    -- teams: the invoker entry points, the one definer function behind them (it
+    -- checks the caller: auth.uid() and its membership), and the RLS helpers
+    'public.accept_team_invitation(text)',
+    'public.add_team_member(uuid, uuid, text, text[])',
+    'public.create_team_invitation(uuid, text, text, interval, text[])',
+    'public.create_team_with_owner(text, text, uuid, text)',
+    'public.delete_team(uuid)',
+    'public.get_team(uuid, text)',
+    'public.get_team_audit(uuid, integer, boolean)',
+    'public.leave_team(uuid)',
+    'public.list_my_teams(uuid)',
+    'public.list_team_invitations(uuid)',
+    'public.list_team_members(uuid)',
+    'public.remove_team_member(uuid, uuid)',
+    'public.revoke_team_invitation(uuid)',
+    'public.set_team_member_role(uuid, uuid, text, text[])',
+    'public.transfer_team_ownership(uuid, uuid)',
+    'public.update_team(uuid, text, text, text)',
+    'pgshield.teams_call(text, jsonb)',
+    'pgshield.has_team_permission(uuid, text)',
+    'pgshield.teams_with_permission(text)'
   ],
   'authenticated may execute exactly the pack functions on its allowlist');
 

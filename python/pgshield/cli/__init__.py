@@ -35,6 +35,7 @@ main.add_command(db)
 for _module in MODULES:  # one click group per module, from the registry
     if _module.cli:
         main.add_command(load(_module.cli))  # type: ignore[arg-type]
+main.add_command(load("pgshield.cli.maintenance:metrics"))  # type: ignore[arg-type]
 
 
 @main.command()

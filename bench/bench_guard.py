@@ -1,0 +1,191 @@
+"""The Data API guard and the policy path, in the shape PostgREST runs a request.
+
+A PostgREST request is a short transaction: ``begin``, one ``select set_config(...)`` for the
+role, claims and headers (and method and path), the request, ``commit``. Each row below is
+pgbench at 8 clients in that shape, next to the same shape doing the bare work by hand (an
+unlogged upsert of one row, or of three rows for a three-window policy), on one durable
+cluster, rounds interleaved, best round kept. Ratios are within this one run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+
+from harness import Result, bench_cluster, machine, pgbench
+from pgshield.client import connect
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+START, END = "<!-- bench:guard:start -->", "<!-- bench:guard:end -->"
+
+CLIENTS = 8
+SECONDS = 3
+ROUNDS = 2
+USERS = 10_000
+BIG = 2_000_000_000
+
+SHAPE = (
+    "\\set u random(1, {users})\n"
+    "begin;\n"
+    "select set_config('role', '{role}', true),"
+    ' set_config(\'request.jwt.claims\', \'{{"role": "{role}", "sub": "00000000-0000-4000-8000-\''
+    " || lpad(:u::text, 12, '0') || '\"}}', true),"
+    " set_config('request.headers', '{{\"x-forwarded-for\": \"203.0.113.7\"}}', true),"
+    " set_config('request.method', 'POST', true), set_config('request.path', '{path}', true);\n"
+    "{work}\n"
+    "end;\n"
+)
+
+
+def shaped(work: str, role: str = "authenticated", path: str = "/bench") -> str:
+    return SHAPE.format(users=USERS, role=role, path=path, work=work)
+
+
+SUBJECT = "'00000000-0000-4000-8000-' || lpad(:u::text, 12, '0')"
+WORKLOADS: dict[str, str] = {
+    "bare 1-row unlogged upsert": shaped(
+        f"insert into bench.c1 as c values ({SUBJECT}, 1)"
+        " on conflict (k) do update set n = c.n + 1;",
+        role="service_role",
+    ),
+    "increment_rate_limit (service_role)": shaped(
+        f"select allowed from public.increment_rate_limit({SUBJECT}, {BIG}, 60);",
+        role="service_role",
+    ),
+    "bare 3-row unlogged upsert": shaped(
+        f"insert into bench.c3 as c select {SUBJECT}, w, 1 from unnest(array[60, 3600, 86400]) w"
+        " on conflict (k, w) do update set n = c.n + 1;"
+    ),
+    "check_rate_limit, 3 windows (authenticated)": shaped(
+        "select allowed from public.check_rate_limit('bench_api');"
+    ),
+    "guard on a POST, 3-window policy": shaped("select pgshield.request_guard();"),
+    # Denials raise SQLSTATE PGRST; pgbench would stop on the error, so both sides of this
+    # comparison catch it in the same DO block.
+    "guard, allowed (in a DO block)": shaped(
+        "do $$ begin perform pgshield.request_guard();"
+        " exception when sqlstate 'PGRST' then null; end $$;"
+    ),
+    "guard, denied (in a DO block)": shaped(
+        "do $$ begin perform pgshield.request_guard();"
+        " exception when sqlstate 'PGRST' then null; end $$;",
+        path="/deny",
+    ),
+}
+
+TARGETS = [
+    ("increment_rate_limit (service_role)", "bare 1-row unlogged upsert", 0.9),
+    ("check_rate_limit, 3 windows (authenticated)", "bare 3-row unlogged upsert", 0.7),
+    ("guard on a POST, 3-window policy", "bare 3-row unlogged upsert", 0.7),
+    ("guard, denied (in a DO block)", "guard, allowed (in a DO block)", 1.0),
+]
+
+
+def prepare(dsn: str) -> None:
+    with connect(dsn) as conn:
+        conn.execute(
+            "create schema if not exists bench;"
+            " create unlogged table bench.c1 (k text primary key, n bigint) with (fillfactor = 70);"
+            " create unlogged table bench.c3 (k text, w integer, n bigint, primary key (k, w))"
+            "   with (fillfactor = 70);"
+            " grant usage on schema bench to authenticated, service_role;"
+            " grant all on all tables in schema bench to authenticated, service_role;"
+        )
+        conn.execute(
+            "select public.define_rate_limit_policy('bench_api',"
+            " %s::jsonb, p_algorithm => 'sliding_window', p_default_tier => 't')",
+            (f'{{"t": {{"60": {BIG}, "3600": {BIG}, "86400": {BIG}}}}}',),
+        )
+        conn.execute(
+            "select public.define_rate_limit_policy('bench_deny', '{\"t\": {\"86400\": 1}}',"
+            " p_algorithm => 'fixed_window', p_default_tier => 't')"
+        )
+        conn.execute(
+            "select pgshield.define_guard_rule('bench_api', 'authenticated', 'POST', '/bench')"
+        )
+        conn.execute(
+            "select pgshield.define_guard_rule('bench_deny', 'authenticated', 'POST', '/deny')"
+        )
+        # Every subject has its rows already (steady updates), and every /deny subject is over.
+        subject = "'00000000-0000-4000-8000-' || lpad(g::text, 12, '0')"
+        conn.execute(
+            f"insert into bench.c1 select {subject}, 0 from generate_series(1, %s) g", (USERS,)
+        )
+        conn.execute(
+            f"insert into bench.c3 select {subject}, w, 0 from generate_series(1, %s) g,"
+            " unnest(array[60, 3600, 86400]) w",
+            (USERS,),
+        )
+        conn.execute(
+            f"select count(*) from generate_series(1, %s) g"
+            f" cross join lateral public.increment_rate_limit({subject}, {BIG}, 60)",
+            (USERS,),
+        )
+        for policy in ("bench_api", "bench_deny"):
+            conn.execute(
+                f"select count(*) from generate_series(1, %s) g"
+                f" cross join lateral public.check_rate_limit(%s, 1, null, {subject})",
+                (USERS, policy),
+            )
+        conn.execute("vacuum analyze")
+        conn.execute("checkpoint")
+
+
+def main() -> None:
+    started = time.monotonic()
+    with bench_cluster(durable=True) as (_cluster, dsn):
+        prepare(dsn)
+        best: dict[str, Result] = {}
+        for rnd in range(ROUNDS):
+            names = list(WORKLOADS) if rnd % 2 == 0 else list(reversed(WORKLOADS))
+            for name in names:
+                r = pgbench(dsn, name, WORKLOADS[name], clients=CLIENTS, seconds=SECONDS)
+                if name not in best or r.ops_per_s > best[name].ops_per_s:
+                    best[name] = r
+            print(f"  guard: round {rnd + 1}/{ROUNDS} done", flush=True)
+        with psycopg.connect(dsn) as conn:
+            over = conn.execute(
+                "select count(*) from pgshield.rate_limit_state where policy = 'bench_deny'"
+                " and count > 1"
+            ).fetchone()
+    lines = [
+        "In the shape PostgREST runs a request (`begin`, one `set_config` select for role, claims,"
+        f" headers, method and path, the work, `commit`), {CLIENTS} clients, best of {ROUNDS}"
+        f" interleaved {SECONDS} s runs, durable cluster, unlogged state. {machine()}",
+        "",
+        "| workload | /s | p50 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for name in WORKLOADS:
+        r = best[name]
+        lines.append(f"| {name} | {r.ops_per_s:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms |")
+    lines += ["", "| target | measured | target | met |", "|---|---|---|---|"]
+    for a, b, target in TARGETS:
+        ratio = best[a].ops_per_s / best[b].ops_per_s
+        lines.append(
+            f"| {a} vs {b} | {ratio:.2f}x | >= {target}x | {'yes' if ratio >= target else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Denials wrote nothing: {over[0] if over else '?'} `/deny` subjects went past their one"
+        " allowed call (expected 0).",
+        "",
+        f"_Guard benchmark: {time.monotonic() - started:.0f} s._",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    doc = DOC.read_text()
+    block = f"{START}\n## The Data API guard, PostgREST-shaped\n\n{text}\n{END}"
+    if START in doc:
+        head, rest = doc.split(START, 1)
+        doc = head + block + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+-- =============================================================================
+-- pgshield guard: rate limits in front of the Data API itself.
+--
+-- PostgREST runs one configured function before every request
+-- (db-pre-request), inside the request's own transaction, with the request's
+-- role, JWT claims, headers, method and path as settings. The guard is that
+-- function: it finds the first rule that matches the request and decides it
+-- under the rule's rate limit policy, exactly as check_rate_limit does (one
+-- truth, the same state).
+--
+-- Everything lives in schema pgshield (not exposed by the Data API):
+--   request_guard()            the hook PostgREST calls        anon, authenticated, service_role
+--   define_guard_rule / drop_guard_rule / guard_rules()         service_role, owner
+--   set_guard_options / guard_options()                         service_role, owner
+--   install_request_guard / uninstall_request_guard /
+--   request_guard_status()                                      owner (ALTER ROLE authenticator)
+--
+-- Answers PostgREST understands: a denial raises SQLSTATE 'PGRST' with a JSON
+-- message (code PT429) and a JSON detail carrying status 429 and the headers
+-- Retry-After, RateLimit and RateLimit-Policy; an allowed request may carry
+-- RateLimit / RateLimit-Policy through response.headers.
+-- Read-only requests (GET, HEAD: PostgREST runs them read only) are checked
+-- against the quota but never counted: nothing can be written there.
+-- =============================================================================
+
+-- position and cost are bounded by checks far below 2^31.
+-- squawk-ignore-file prefer-bigint-over-int
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+set local search_path = pg_catalog, pg_temp;
+
+-- ------------------------------------------------------------------ rules ----
+-- The first rule (lowest position, then id) whose role, method and path match
+-- a request decides it. role '*' matches anon and authenticated, never
+-- service_role: server code is exempt unless a rule names service_role.
+-- path is PostgREST's request.path ('/todos', '/rpc/send_message'), matched
+-- exactly, or as a prefix when the pattern ends in '*' ('/rpc/*'); '*' alone
+-- matches every path. action 'exempt' lets matching requests through
+-- uncounted (put it before broader rules).
+
+create table if not exists pgshield.guard_rules (
+  id bigint generated always as identity primary key,
+  position integer not null default 100
+    constraint guard_rules_position_check check (position between 0 and 1000000),
+  role text not null default '*'
+    constraint guard_rules_role_check check (role in ('*', 'anon', 'authenticated', 'service_role')),
+  method text not null default '*'
+    constraint guard_rules_method_check check (method in ('*', 'GET', 'HEAD', 'POST', 'PATCH', 'PUT', 'DELETE')),
+  path text not null default '*'
+    constraint guard_rules_path_check check (path ~ '^(\*|/[A-Za-z0-9_./-]{0,200}\*?)$'),
+  path_like text not null,
+  action text not null default 'limit'
+    constraint guard_rules_action_check check (action in ('limit', 'exempt')),
+  policy text references pgshield.rate_limit_policies (name) on delete cascade,
+  cost integer not null default 1
+    constraint guard_rules_cost_check check (cost between 1 and 1000000),
+  description text
+    constraint guard_rules_description_check check (length(description) <= 500),
+  created_at timestamptz not null default now(),
+  constraint guard_rules_policy_check check ((action = 'limit') = (policy is not null))
+);
+comment on table pgshield.guard_rules is
+  'Data API guard rules: the first match (position, id) decides a request. Edit with pgshield.define_guard_rule().';
+alter table pgshield.guard_rules enable row level security;
+revoke all on table pgshield.guard_rules from public, anon, authenticated, service_role;
+
+create table if not exists pgshield.guard_options (
+  id boolean primary key default true
+    constraint guard_options_id_check check (id),
+  allowed_headers boolean not null default true,
+  chained_function text
+    constraint guard_options_chained_check check (chained_function ~ '^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$'),
+  updated_at timestamptz not null default now()
+);
+comment on table pgshield.guard_options is
+  'Data API guard options: headers on allowed responses, the pre-request function chained before the guard.';
+alter table pgshield.guard_options enable row level security;
+revoke all on table pgshield.guard_options from public, anon, authenticated, service_role;
+insert into pgshield.guard_options (id) values (true) on conflict (id) do nothing;
+
+-- ---------------------------------------------------------------- answers ----
+
+-- The rate limit headers of a policy decision, as one JSON object of header
+-- name -> value (the IETF httpapi draft's RateLimit-Policy and RateLimit, and
+-- Retry-After on a denial that can succeed later).
+-- Callers: pack functions. Errors: none.
+create or replace function pgshield.guard_headers(p_res public.rate_limit_check_result, p_now timestamptz)
+returns jsonb
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_unit text := case when p_res.unit = 'requests' then ';qu="requests"' else '' end;
+  v_bind text;
+  v_headers jsonb;
+begin
+  select coalesce(
+           (select w ->> 'name' from jsonb_array_elements(p_res.windows) w
+             where (w ->> 'limit')::integer = p_res."limit"
+               and (w ->> 'reset_at')::timestamptz = p_res.reset_at
+             limit 1),
+           p_res.windows -> 0 ->> 'name')
+    into v_bind;
+  v_headers := jsonb_build_object(
+    'RateLimit-Policy',
+    (select string_agg(format('"%s-%s";q=%s;w=%s%s', p_res.policy, w ->> 'name', w ->> 'limit',
+                              w ->> 'window_seconds', v_unit), ', ')
+       from jsonb_array_elements(p_res.windows) w),
+    'RateLimit',
+    format('"%s-%s";r=%s;t=%s', p_res.policy, v_bind, p_res.remaining,
+           greatest(ceil(extract(epoch from p_res.reset_at - p_now)), 0)::bigint));
+  if not p_res.allowed and p_res.retry_after_ms > 0 then
+    v_headers := v_headers || jsonb_build_object('Retry-After', ceil(p_res.retry_after_ms / 1000.0)::bigint::text);
+  end if;
+  return v_headers;
+end
+$$;
+
+revoke all on function pgshield.guard_headers(public.rate_limit_check_result, timestamptz)
+  from public, anon, authenticated, service_role;
+
+-- ------------------------------------------------------------------- hook ----
+
+-- The db-pre-request hook: decides the request under the first matching rule.
+-- The subject is auth.uid() for authenticated callers, the client address
+-- (pgshield.client_address(): the configured header and trusted proxy hops,
+-- never the first x-forwarded-for entry) for anon, 'service_role' for
+-- service_role. Read-only transactions are checked, not counted. A denial
+-- raises SQLSTATE PGRST, which PostgREST turns into HTTP 429 with the headers.
+-- Callers: PostgREST as anon, authenticated, service_role (any role may call
+-- it: it only ever limits the caller itself).
+-- Errors: PGRST (429) when the quota is used up.
+create or replace function pgshield.request_guard() returns void
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_role text := pgshield.caller_role();
+  v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
+  v_path text := coalesce(nullif(current_setting('request.path', true), ''), '/');
+  v_chained text;
+  v_headers_on boolean;
+  v_rule record;
+  v_policy pgshield.rate_limit_policies;
+  v_subject text;
+  v_res public.rate_limit_check_result;
+  v_headers jsonb;
+begin
+  select o.chained_function, o.allowed_headers into v_chained, v_headers_on
+    from pgshield.guard_options o where o.id;
+  if v_chained is not null then
+    execute format('select %s()', v_chained);  -- the project's own hook runs first
+  end if;
+  select r.cost, p as policy into v_rule
+    from pgshield.guard_rules r
+    left join pgshield.rate_limit_policies p on p.name = r.policy
+   where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
+     and (r.method = '*' or r.method = v_method)
+     and v_path like r.path_like
+   order by r.position, r.id
+   limit 1;
+  if not found or v_rule.policy is null then
+    return;  -- no rule, or an exempt one
+  end if;
+  v_policy := v_rule.policy;
+  v_subject := case v_role
+    when 'authenticated' then coalesce(auth.uid()::text, 'anon:' || coalesce(pgshield.client_address(), 'unknown'))
+    when 'anon' then 'anon:' || coalesce(pgshield.client_address(), 'unknown')
+    else v_role
+  end;
+  v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+    case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
+  if v_res.allowed and not coalesce(v_headers_on, true) then
+    return;
+  end if;
+  v_headers := pgshield.guard_headers(v_res, pgshield.now());
+  if v_res.allowed then
+    perform set_config('response.headers',
+      (select jsonb_agg(jsonb_build_object(h.key, h.value)) from jsonb_each_text(v_headers) h)::text, true);
+    return;
+  end if;
+  raise sqlstate 'PGRST' using
+    message = jsonb_build_object(
+      'code', 'PT429',
+      'message', 'Too many requests',
+      'details', format('rate limit %s exceeded (%s)', v_policy.name, array_to_string(v_res.violated, ', ')),
+      'hint', case when v_res.retry_after_ms > 0
+                   then format('retry after %s ms', v_res.retry_after_ms)
+                   else 'this request can never fit the limit' end)::text,
+    detail = jsonb_build_object('status', 429, 'headers', v_headers)::text;
+end
+$$;
+
+revoke all on function pgshield.request_guard() from public, anon, authenticated, service_role;
+grant execute on function pgshield.request_guard() to anon, authenticated, service_role;
+
+-- ------------------------------------------------------------ rule editing ----
+
+-- Adds a rule; returns it as JSON.
+-- Callers: service_role, the owner.
+-- Errors: 22023 bad role, method, path, cost, position or action, unknown
+-- policy; 42501 others.
+create or replace function pgshield.define_guard_rule(
+  p_policy text,
+  p_role text default '*',
+  p_method text default '*',
+  p_path text default '*',
+  p_cost integer default 1,
+  p_position integer default 100,
+  p_action text default 'limit',
+  p_description text default null
+) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_id bigint;
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may define guard rules';
+  end if;
+  if p_action is null or p_action not in ('limit', 'exempt') then
+    raise exception using errcode = '22023', message = 'p_action must be limit or exempt';
+  end if;
+  if p_role is null or p_role not in ('*', 'anon', 'authenticated', 'service_role') then
+    raise exception using errcode = '22023', message = 'p_role must be *, anon, authenticated or service_role',
+      hint = '* matches anon and authenticated; service_role only when named';
+  end if;
+  if p_method is null or upper(p_method) not in ('*', 'GET', 'HEAD', 'POST', 'PATCH', 'PUT', 'DELETE') then
+    raise exception using errcode = '22023', message = 'p_method must be *, GET, HEAD, POST, PATCH, PUT or DELETE';
+  end if;
+  if p_path is null or p_path !~ '^(\*|/[A-Za-z0-9_./-]{0,200}\*?)$' then
+    raise exception using errcode = '22023', message = 'p_path must be *, or a path like /todos or /rpc/*',
+      hint = 'a trailing * matches any rest of the path';
+  end if;
+  if p_cost is null or p_cost not between 1 and 1000000 then
+    raise exception using errcode = '22023', message = 'p_cost must be between 1 and 1000000';
+  end if;
+  if p_position is null or p_position not between 0 and 1000000 then
+    raise exception using errcode = '22023', message = 'p_position must be between 0 and 1000000';
+  end if;
+  if p_description is not null and length(p_description) > 500 then
+    raise exception using errcode = '22023', message = 'p_description must be at most 500 characters';
+  end if;
+  if p_action = 'limit' then
+    perform pgshield.rate_limit_policy(p_policy);
+  elsif p_policy is not null then
+    raise exception using errcode = '22023', message = 'an exempt rule takes no p_policy';
+  end if;
+  insert into pgshield.guard_rules (position, role, method, path, path_like, action, policy, cost, description)
+  values (p_position, p_role, upper(p_method), p_path,
+          case when p_path = '*' then '%'
+               else replace(replace(rtrim(p_path, '*'), '_', '\_'), '%', '\%')
+                    || case when right(p_path, 1) = '*' then '%' else '' end end,
+          p_action, case when p_action = 'limit' then p_policy end, p_cost, p_description)
+  returning id into v_id;
+  return (select r.rule from pgshield.guard_rule_list() r where (r.rule ->> 'id')::bigint = v_id);
+end
+$$;
+
+revoke all on function pgshield.define_guard_rule(text, text, text, text, integer, integer, text, text)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.define_guard_rule(text, text, text, text, integer, integer, text, text)
+  to service_role;
+
+-- Deletes a rule; returns whether it existed.
+-- Callers: service_role, the owner. Errors: 22023 null id; 42501 others.
+create or replace function pgshield.drop_guard_rule(p_id bigint) returns boolean
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may drop guard rules';
+  end if;
+  if p_id is null then
+    raise exception using errcode = '22023', message = 'p_id must not be null';
+  end if;
+  delete from pgshield.guard_rules r where r.id = p_id;
+  return found;
+end
+$$;
+
+revoke all on function pgshield.drop_guard_rule(bigint) from public, anon, authenticated, service_role;
+grant execute on function pgshield.drop_guard_rule(bigint) to service_role;
+
+-- Every rule, in the order they are tried, one JSON object each.
+-- Callers: service_role, the owner. Errors: 42501 others.
+create or replace function pgshield.guard_rule_list() returns table (rule jsonb)
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may read the guard rules';
+  end if;
+  return query
+  select jsonb_build_object('id', r.id, 'position', r.position, 'role', r.role, 'method', r.method,
+                            'path', r.path, 'action', r.action, 'policy', r.policy, 'cost', r.cost,
+                            'description', r.description)
+    from pgshield.guard_rules r
+   order by r.position, r.id;
+end
+$$;
+
+revoke all on function pgshield.guard_rule_list() from public, anon, authenticated, service_role;
+grant execute on function pgshield.guard_rule_list() to service_role;
+
+-- Whether allowed responses carry RateLimit / RateLimit-Policy headers.
+-- Returns the options. Callers: service_role, the owner.
+-- Errors: 22023 null; 42501 others.
+create or replace function pgshield.set_guard_options(p_allowed_headers boolean) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may set guard options';
+  end if;
+  if p_allowed_headers is null then
+    raise exception using errcode = '22023', message = 'p_allowed_headers must not be null';
+  end if;
+  update pgshield.guard_options o set allowed_headers = p_allowed_headers, updated_at = now() where o.id;
+  return pgshield.request_guard_status();
+end
+$$;
+
+revoke all on function pgshield.set_guard_options(boolean) from public, anon, authenticated, service_role;
+grant execute on function pgshield.set_guard_options(boolean) to service_role;
+
+-- ------------------------------------------------------------ installation ----
+
+-- The pre-request function PostgREST is told to call in this database: the
+-- authenticator's setting for this database, else its setting for all
+-- databases (PostgREST's in-database configuration reads both).
+-- Callers: pack functions. Errors: none.
+create or replace function pgshield.guard_configured_hook() returns text
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select substr(c.setting, length('pgrst.db_pre_request=') + 1)
+    from pg_db_role_setting s
+   cross join lateral unnest(s.setconfig) c(setting)
+   where s.setrole = (select r.oid from pg_roles r where r.rolname = 'authenticator')
+     and s.setdatabase in (0, (select d.oid from pg_database d where d.datname = current_database()))
+     and c.setting like 'pgrst.db\_pre\_request=%'
+   order by s.setdatabase desc
+   limit 1
+$$;
+
+revoke all on function pgshield.guard_configured_hook() from public, anon, authenticated, service_role;
+
+-- Whether the guard is installed, what it chains, its options and rules count.
+-- Callers: service_role, the owner. Errors: 42501 others.
+create or replace function pgshield.request_guard_status() returns jsonb
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_hook text := pgshield.guard_configured_hook();
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may read the guard status';
+  end if;
+  return (select jsonb_build_object(
+            'installed', v_hook = 'pgshield.request_guard',
+            'pre_request', v_hook,
+            'chained_function', o.chained_function,
+            'allowed_headers', o.allowed_headers,
+            'rules', (select count(*) from pgshield.guard_rules))
+            from pgshield.guard_options o where o.id);
+end
+$$;
+
+revoke all on function pgshield.request_guard_status() from public, anon, authenticated, service_role;
+grant execute on function pgshield.request_guard_status() to service_role;
+
+-- Makes PostgREST call the guard before every request in this database:
+-- ALTER ROLE authenticator IN DATABASE <this> SET pgrst.db_pre_request, then
+-- NOTIFY pgrst, 'reload config'. Idempotent. A different pre-request function
+-- already configured is refused, unless p_chain: then it is kept and runs
+-- first, before the guard. Runs with the caller's rights (altering
+-- authenticator needs CREATEROLE: on Supabase, postgres has it; service_role
+-- may call it and gets a clear 42501 where it lacks that right).
+-- Callers: the owner (service_role). Errors: 55000 another hook without p_chain; 42501 not
+-- allowed to alter authenticator; 22023 a hook that is not a function.
+create or replace function pgshield.install_request_guard(p_chain boolean default false) returns jsonb
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_hook text;
+  v_fn regprocedure;
+begin
+  if not exists (select 1 from pg_roles r
+                  where r.rolname = current_user and (r.rolsuper or r.rolcreaterole)) then
+    raise exception using errcode = '42501',
+      message = 'not allowed to alter role authenticator',
+      hint = 'run install_request_guard() as the project owner (postgres on Supabase)';
+  end if;
+  v_hook := pgshield.guard_configured_hook();
+  if v_hook is not null and v_hook <> 'pgshield.request_guard' then
+    if not coalesce(p_chain, false) then
+      raise exception using errcode = '55000',
+        message = format('PostgREST already calls %s before each request', v_hook),
+        hint = 'install_request_guard(p_chain => true) keeps it and runs it before the guard';
+    end if;
+    v_fn := to_regprocedure(v_hook || '()');
+    if v_fn is null or v_hook !~ '^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$' then
+      raise exception using errcode = '22023',
+        message = format('the configured pre-request %L is not a schema-qualified function without arguments', v_hook);
+    end if;
+    update pgshield.guard_options o set chained_function = v_hook, updated_at = now() where o.id;
+  end if;
+  begin
+    execute format('alter role authenticator in database %I set pgrst.db_pre_request = %L',
+                   current_database(), 'pgshield.request_guard');
+  exception when insufficient_privilege then
+    raise exception using errcode = '42501',
+      message = 'not allowed to alter role authenticator',
+      hint = 'run install_request_guard() as the project owner (postgres on Supabase)';
+  end;
+  perform pg_notify('pgrst', 'reload config');
+  return pgshield.request_guard_status();
+end
+$$;
+
+revoke all on function pgshield.install_request_guard(boolean) from public, anon, authenticated, service_role;
+grant execute on function pgshield.install_request_guard(boolean) to service_role;
+
+-- Stops PostgREST calling the guard: puts back the chained function, if any,
+-- or removes the setting, then NOTIFY pgrst. Refuses to remove a hook that is
+-- not the guard. Idempotent.
+-- Callers: the owner (service_role, as above). Errors: 55000 another hook is configured; 42501 not
+-- allowed to alter authenticator.
+create or replace function pgshield.uninstall_request_guard() returns jsonb
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_hook text;
+  v_chained text;
+begin
+  if not exists (select 1 from pg_roles r
+                  where r.rolname = current_user and (r.rolsuper or r.rolcreaterole)) then
+    raise exception using errcode = '42501',
+      message = 'not allowed to alter role authenticator',
+      hint = 'run uninstall_request_guard() as the project owner (postgres on Supabase)';
+  end if;
+  v_hook := pgshield.guard_configured_hook();
+  if v_hook is distinct from 'pgshield.request_guard' then
+    if v_hook is not null then
+      raise exception using errcode = '55000',
+        message = format('PostgREST calls %s, not the guard: left as it is', v_hook);
+    end if;
+    return pgshield.request_guard_status();
+  end if;
+  select o.chained_function into v_chained from pgshield.guard_options o where o.id;
+  begin
+    if v_chained is null then
+      execute format('alter role authenticator in database %I reset pgrst.db_pre_request', current_database());
+    else
+      execute format('alter role authenticator in database %I set pgrst.db_pre_request = %L',
+                     current_database(), v_chained);
+    end if;
+  exception when insufficient_privilege then
+    raise exception using errcode = '42501',
+      message = 'not allowed to alter role authenticator',
+      hint = 'run uninstall_request_guard() as the project owner (postgres on Supabase)';
+  end;
+  update pgshield.guard_options o set chained_function = null, updated_at = now() where o.id;
+  perform pg_notify('pgrst', 'reload config');
+  return pgshield.request_guard_status();
+end
+$$;
+
+revoke all on function pgshield.uninstall_request_guard() from public, anon, authenticated, service_role;
+grant execute on function pgshield.uninstall_request_guard() to service_role;

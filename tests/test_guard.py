@@ -1,0 +1,341 @@
+"""The Data API guard, driven exactly the way PostgREST calls its pre-request hook.
+
+There is no PostgREST binary here, so each request is what PostgREST runs: a transaction with
+the role, ``request.jwt.claims``, ``request.headers``, ``request.method`` and ``request.path``
+set locally, read only for GET and HEAD, and ``select pgshield.request_guard()`` first.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pgshield import InvalidInput, Shield, ShieldError
+from pgshield.cli import main
+from support import run_threads
+
+ALICE = uuid.UUID("5a0e0a52-0000-4000-8000-00000000a11c")
+POLICY = "pgshield_t_writes"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: dict | None = None
+
+
+def request(
+    conn: psycopg.Connection,
+    method: str = "POST",
+    path: str = "/pgshield_t_todos",
+    role: str = "authenticated",
+    sub: uuid.UUID | None = ALICE,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """One PostgREST request's pre-request step; the status PostgREST would answer."""
+    claims = {"role": role, **({"sub": str(sub)} if sub else {})}
+    try:
+        with conn.transaction():
+            if method in ("GET", "HEAD"):
+                conn.execute("set transaction read only")
+            conn.execute(
+                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
+                " set_config('request.headers', %s, true), set_config('request.method', %s, true),"
+                " set_config('request.path', %s, true)",
+                (role, json.dumps(claims), json.dumps(headers or {}), method, path),
+            )
+            conn.execute("select pgshield.request_guard()")
+            row = conn.execute("select current_setting('response.headers', true)").fetchone()
+        sent = {k: v for h in json.loads((row[0] if row else None) or "[]") for k, v in h.items()}
+        return Answer(200, sent)
+    except psycopg.Error as exc:
+        if exc.sqlstate != "PGRST":
+            raise
+        detail = json.loads(exc.diag.message_detail or "{}")
+        return Answer(detail["status"], detail["headers"], json.loads(exc.diag.message_primary))
+
+
+@pytest.fixture
+def owner(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    conn.execute("insert into auth.users (id) values (%s) on conflict do nothing", (ALICE,))
+    conn.execute(
+        'select public.define_rate_limit_policy(%s, \'{"free": {"60": 3, "3600": 10}}\','
+        " p_algorithm => 'fixed_window')",
+        (POLICY,),
+    )
+    conn.execute(
+        "select pgshield.define_guard_rule(%s, 'authenticated', 'POST', '/pgshield_t_todos')",
+        (POLICY,),
+    )
+    yield conn
+
+
+def test_a_denial_is_the_429_postgrest_sends(owner: psycopg.Connection) -> None:
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    answers = [request(owner) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    assert answers[0].headers["RateLimit"] == f'"{POLICY}-minute";r=2;t=50'
+    assert answers[0].headers["RateLimit-Policy"] == (
+        f'"{POLICY}-minute";q=3;w=60;qu="requests", "{POLICY}-hour";q=10;w=3600;qu="requests"'
+    )
+    denied = answers[3]
+    assert denied.headers["Retry-After"] == "50"
+    assert denied.headers["RateLimit"] == f'"{POLICY}-minute";r=0;t=50'
+    assert denied.body and denied.body["code"] == "PT429"
+    assert denied.body["message"] == "Too many requests" and "minute" in denied.body["details"]
+
+
+def test_reads_are_checked_never_counted_and_never_fail_read_only(
+    owner: psycopg.Connection,
+) -> None:
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    owner.execute(
+        "select pgshield.define_guard_rule(%s, 'authenticated', 'GET', '/pgshield_t_todos')",
+        (POLICY,),
+    )
+    assert {request(owner, "GET").status for _ in range(10)} == {200}
+    used = owner.execute(
+        "select count(*) from pgshield.rate_limit_state where policy = %s", (POLICY,)
+    ).fetchone()
+    assert used == (0,), "a read wrote state"
+    for _ in range(3):
+        assert request(owner, "POST").status == 200
+    assert request(owner, "GET").status == 429  # the quota is used up: reads are refused too
+
+
+def test_headers_on_allowed_responses_are_optional(owner: psycopg.Connection) -> None:
+    Shield(owner).guard.set_options(allowed_headers=False)
+    assert request(owner) == Answer(200, {})
+
+
+def test_service_role_is_exempt_unless_named(owner: psycopg.Connection) -> None:
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    assert {request(owner, role="service_role", sub=None).status for _ in range(6)} == {200}
+    owner.execute(
+        "select pgshield.define_guard_rule(%s, 'service_role', 'POST', '/pgshield_t_todos')",
+        (POLICY,),
+    )
+    assert [request(owner, role="service_role", sub=None).status for _ in range(4)] == [
+        200,
+        200,
+        200,
+        429,
+    ]
+
+
+def test_a_spoofed_forwarded_for_buys_nothing(owner: psycopg.Connection) -> None:
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    owner.execute("select pgshield.set_client_address_source('x-forwarded-for', 1)")
+    owner.execute("select pgshield.define_guard_rule(%s, 'anon', '*', '/rpc/*')", (POLICY,))
+    statuses = [
+        request(
+            owner,
+            path="/rpc/send",
+            role="anon",
+            sub=None,
+            headers={"x-forwarded-for": f"10.0.0.{i}, 203.0.113.5"},
+        ).status
+        for i in range(20)
+    ]
+    assert statuses.count(200) == 3
+
+
+def test_bad_rules_are_refused_and_write_nothing(owner: psycopg.Connection) -> None:
+    shield = Shield(owner)
+    before = shield.guard.rules()
+    for kwargs in (
+        {"role": "admin"},
+        {"method": "TRACE"},
+        {"path": "todos"},
+        {"path": "/a b"},
+        {"cost": 0},
+        {"position": -1},
+        {"action": "block"},
+    ):
+        with pytest.raises(InvalidInput):
+            shield.guard.define_rule(POLICY, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        shield.guard.define_rule("pgshield_t_no_such_policy")
+    assert shield.guard.rules() == before
+
+
+# ------------------------------------------------------------ installation ----
+def hook(conn: psycopg.Connection) -> str | None:
+    row = conn.execute("select pgshield.guard_configured_hook()").fetchone()
+    return row[0] if row else None
+
+
+def test_install_and_remove_the_hook(owner: psycopg.Connection) -> None:
+    shield = Shield(owner)
+    owner.execute("listen pgrst")
+    first = shield.guard.install()
+    again = shield.guard.install()
+    assert first.installed and again == first and hook(owner) == "pgshield.request_guard"
+    notified = [n.payload for n in owner.notifies(timeout=1, stop_after=2)]
+    assert notified == ["reload config", "reload config"]
+    removed = shield.guard.uninstall()
+    assert not removed.installed and hook(owner) is None
+    assert shield.guard.uninstall() == removed  # idempotent
+
+
+def test_an_existing_hook_is_refused_or_chained_first(owner: psycopg.Connection) -> None:
+    owner.execute(
+        "create table public.pgshield_t_seen (n serial, what text);"
+        " grant insert on public.pgshield_t_seen to authenticated;"
+        " grant usage on sequence public.pgshield_t_seen_n_seq to authenticated;"
+        " create function public.pgshield_t_hook() returns void language sql"
+        " set search_path = pg_catalog as"
+        " $$ insert into public.pgshield_t_seen (what) values ('project hook') $$;"
+        " grant execute on function public.pgshield_t_hook() to authenticated"
+    )
+    dbname = owner.info.dbname
+    owner.execute(
+        f'alter role authenticator in database "{dbname}"'
+        " set pgrst.db_pre_request = 'public.pgshield_t_hook'"
+    )
+    shield = Shield(owner)
+    with pytest.raises(ShieldError) as refused:
+        shield.guard.install()
+    assert refused.value.sqlstate == "55000" and hook(owner) == "public.pgshield_t_hook"
+    chained = shield.guard.install(chain=True)
+    assert chained.installed and chained.chained_function == "public.pgshield_t_hook"
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    assert [request(owner).status for _ in range(4)] == [200, 200, 200, 429]
+    seen = owner.execute("select count(*) from public.pgshield_t_seen").fetchone()
+    assert seen == (3,), "the project's hook runs first, for every request that got through"
+    shield.guard.uninstall()
+    assert hook(owner) == "public.pgshield_t_hook", "the project's hook is put back"
+
+
+def test_installing_needs_the_right_to_alter_authenticator(owner: psycopg.Connection) -> None:
+    owner.execute("set role service_role")
+    try:
+        with pytest.raises(ShieldError) as caught:
+            Shield(owner).guard.install()
+    finally:
+        owner.execute("reset role")
+    assert caught.value.sqlstate == "42501" and "authenticator" in str(caught.value)
+    assert hook(owner) is None
+
+
+def test_cli_guard_commands(owner: psycopg.Connection, db: str) -> None:
+    runner = CliRunner()
+    added = runner.invoke(
+        main,
+        ["guard", "add-rule", POLICY, "--method", "delete", "--path", "/pgshield_t_*", "--dsn", db],
+    )
+    assert added.exit_code == 0, added.output
+    listed = json.loads(runner.invoke(main, ["guard", "rules", "--json", "--dsn", db]).output)
+    assert [(r["method"], r["path"]) for r in listed] == [
+        ("POST", "/pgshield_t_todos"),
+        ("DELETE", "/pgshield_t_*"),
+    ]
+    installed = runner.invoke(main, ["guard", "install", "--json", "--dsn", db])
+    assert json.loads(installed.output)["installed"] is True
+    status = json.loads(runner.invoke(main, ["guard", "status", "--json", "--dsn", db]).output)
+    assert status["rules"] == 2
+    assert runner.invoke(main, ["guard", "remove", "--dsn", db]).exit_code == 0
+    dropped = runner.invoke(main, ["guard", "drop-rule", str(listed[1]["id"]), "--dsn", db])
+    assert dropped.exit_code == 0 and "dropped" in dropped.output
+    missing = runner.invoke(main, ["guard", "drop-rule", "999999", "--dsn", db])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    usage = runner.invoke(main, ["guard", "add-rule", "--dsn", db])
+    assert usage.exit_code == 2
+
+
+# ------------------------------------------------------------- concurrency ----
+@pytest.mark.slow
+def test_64_connections_posting_as_one_user_admit_exactly_the_limit(
+    owner: psycopg.Connection, db: str
+) -> None:
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    owner.execute(
+        "select public.define_rate_limit_policy('pgshield_t_burst', '{\"free\": {\"3600\": 100}}',"
+        " p_algorithm => 'sliding_window')"
+    )
+    owner.execute(
+        "select pgshield.define_guard_rule('pgshield_t_burst', 'authenticated', 'POST', '/burst',"
+        " p_position => 1)"
+    )
+    counts = [0] * 64
+    lock = threading.Lock()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        with psycopg.connect(db, autocommit=True) as c:
+            barrier.wait()
+            for _ in range(4):
+                if request(c, path="/burst").status == 200:
+                    with lock:
+                        counts[i] += 1
+
+    run_threads(64, work)
+    assert sum(counts) == 100
+
+
+@pytest.mark.slow
+@pytest.mark.realclock
+def test_posts_across_a_real_window_boundary_never_exceed_the_limit(
+    owner: psycopg.Connection, db: str
+) -> None:
+    owner.execute("select pgshield.reset_clock()")
+    owner.execute(
+        "select public.define_rate_limit_policy('pgshield_t_second', '{\"free\": {\"1\": 50}}',"
+        " p_algorithm => 'fixed_window')"
+    )
+    owner.execute(
+        "select pgshield.define_guard_rule('pgshield_t_second', 'authenticated', 'POST', '/sec',"
+        " p_position => 1)"
+    )
+    for _attempt in range(4):
+        user = uuid.uuid4()
+        owner.execute("insert into auth.users (id) values (%s)", (user,))
+        outcomes = burst(db, user)
+        if any(a < outcomes[0][3] for _, a, _, _ in outcomes) and any(
+            s >= outcomes[0][3] for s, _, _, _ in outcomes
+        ):
+            break
+    else:
+        pytest.fail("no burst crossed the window boundary in 4 attempts")
+    boundary = outcomes[0][3]
+    for start in (boundary - 1, boundary, boundary + 1):
+        inside = sum(1 for s, a, ok, _ in outcomes if ok and s >= start and a < start + 1)
+        assert inside <= 50, (start, inside)
+    row = owner.execute(
+        "select extract(epoch from window_start), count from pgshield.rate_limit_state"
+        " where policy = 'pgshield_t_second' and key = %s",
+        (str(user),),
+    ).fetchone()
+    assert row is not None
+    start, count = float(row[0]), int(row[1])
+    surely = sum(1 for s, _, ok, _ in outcomes if ok and s >= start)
+    maybe = sum(1 for s, a, ok, _ in outcomes if ok and s < start <= a)
+    assert surely <= count <= surely + maybe
+
+
+def burst(db: str, user: uuid.UUID) -> list[tuple[float, float, bool, float]]:
+    """64 connections, 4 POSTs each, released 0.3 s before an epoch-aligned second."""
+    outcomes: list[tuple[float, float, bool, float]] = []
+    lock = threading.Lock()
+    boundary = float(int(time.time()) + 2)
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        with psycopg.connect(db, autocommit=True) as c:
+            barrier.wait()
+            time.sleep(max(0.0, boundary - 0.3 - time.time()))
+            for _ in range(4):
+                sent = time.time()
+                ok = request(c, path="/sec", sub=user).status == 200
+                with lock:
+                    outcomes.append((sent, time.time(), ok, boundary))
+
+    run_threads(64, work)
+    return outcomes

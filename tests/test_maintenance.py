@@ -1,0 +1,230 @@
+"""Maintenance: the client, the CLI, metrics as Prometheus reads them, cleanup under load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+import urllib.request
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from pgshield import InvalidInput, NotAllowed, Shield, ShieldError
+from pgshield.cli import main
+from pgshield.maintenance.serve import metrics_server
+from support import act_as, run_threads
+
+NOW = dt.datetime(2030, 1, 1, 0, 30, tzinfo=dt.timezone.utc)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, keyed by (name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+# ----------------------------------------------------------------- client ----
+def test_run_cleans_expired_state_and_keeps_live_state(conn: psycopg.Connection) -> None:
+    conn.execute("select pgshield.set_clock(%s)", (NOW,))
+    shield = Shield(conn)
+    for i in range(30):
+        shield.rate_limits.hit(f"m-old-{i}", limit=5, window=60)
+    conn.execute("select pgshield.advance_clock(interval '5 minutes')")
+    shield.rate_limits.hit("m-live", limit=5, window=3600)
+    shield.maintenance.set_task("rate_limit", batch_size=7)
+    run = shield.maintenance.run(time_budget=10)
+    task = run.task("rate_limit")
+    assert run.complete and task is not None
+    assert (task.status, task.deleted, task.batches) == ("done", 30, 5)
+    assert [t.task for t in run.tasks][-1] == "maintenance"
+    left = conn.execute("select key from pgshield.rate_limit_state").fetchall()
+    assert left == [("m-live",)]
+    status = shield.maintenance.status()
+    assert status.totals["runs"] == 1 and status.job is None
+    assert {t["task"] for t in status.tasks} >= {"rate_limit", "maintenance"}
+
+
+def test_bad_input_and_roles(conn: psycopg.Connection) -> None:
+    shield = Shield(conn)
+    with pytest.raises(InvalidInput):
+        shield.maintenance.run(time_budget=0)
+    with pytest.raises(InvalidInput):
+        shield.maintenance.schedule("whenever")
+    assert conn.execute("select count(*) from pgshield.maintenance_runs").fetchone() == (0,)
+    for role in ("anon", "authenticated"):
+        for call in ("run_maintenance()", "metrics()", "schedule_maintenance()"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), act_as(conn, role):
+                conn.execute(f"select pgshield.{call}")
+    with act_as(conn, "authenticated"), pytest.raises(NotAllowed):
+        Shield(conn).maintenance.run(conn=conn)
+    with act_as(conn, "service_role"):
+        assert Shield(conn).maintenance.run(conn=conn).complete
+
+
+def test_scheduling_from_a_database_without_the_scheduler_says_what_to_run(
+    conn: psycopg.Connection,
+) -> None:
+    here = conn.execute("select current_database()").fetchone()[0]  # type: ignore[index]
+    with pytest.raises(ShieldError) as info:
+        Shield(conn).maintenance.schedule("*/5 * * * *")
+    assert info.value.sqlstate == "55000"
+    assert "select cron.schedule_in_database(" in (info.value.hint or "")
+    assert f"'pgshield-maintenance-{here}', '*/5 * * * *'" in (info.value.hint or "")
+
+
+# ---------------------------------------------------------------- metrics ----
+def test_metrics_parse_and_match_the_database(conn: psycopg.Connection) -> None:
+    conn.execute("select pgshield.set_clock(%s)", (NOW,))
+    conn.execute(
+        "select public.define_rate_limit_policy('m_api', '{\"free\": {\"minute\": 2}}'::jsonb,"
+        " 'fixed_window')"
+    )
+    shield = Shield(conn)
+    for _ in range(3):
+        shield.rate_limits.check("m_api", subject="u1")
+    shield.rate_limits.hit("m-key", limit=1, window=60)
+    shield.rate_limits.hit("m-key", limit=1, window=60)
+    conn.execute(
+        "insert into pgshield.rate_limit_state"
+        " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+        " select 'm-exp-' || g, 60, 'fixed_window', 1, %s, 1, %s from generate_series(1, 4) g",
+        (NOW - dt.timedelta(hours=1), NOW - dt.timedelta(minutes=59)),
+    )
+    shield.maintenance.run()
+    values = samples(shield.maintenance.metrics())
+    counters = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute("select policy, allowed, denied from pgshield.rate_limit_counters")
+    }
+    for policy, (allowed, denied) in counters.items():
+        for outcome, n in (("allowed", allowed), ("denied", denied)):
+            key = (("outcome", outcome), ("policy", policy))
+            assert values[("pgshield_rate_limit_decisions_total", key)] == n
+    assert counters["m_api"] == (2, 1) and counters[""] == (1, 1)
+    live = conn.execute("select count(*) from pgshield.rate_limit_state").fetchone()[0]  # type: ignore[index]
+    assert values[("pgshield_rate_limit_state_rows", (("state", "live"),))] == live
+    assert values[("pgshield_rate_limit_state_rows", (("state", "expired"),))] == 0
+    assert values[("pgshield_maintenance_runs_total", ())] == 1
+    assert values[("pgshield_maintenance_run_duration_seconds_count", ())] == 1
+    assert values[("pgshield_maintenance_deleted_rows_total", (("task", "rate_limit"),))] == 4
+    assert values[("pgshield_maintenance_last_run_timestamp_seconds", ())] == NOW.timestamp()
+
+
+def test_metrics_scrape_target_answers_a_real_http_get(db: str) -> None:
+    with Shield(db) as shield:
+        server = metrics_server(shield, 0)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                body = response.read().decode()
+            assert ("pgshield_maintenance_runs_total", ()) in samples(body)
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(url.replace("/metrics", "/nope"), timeout=10)
+            assert info.value.code == 404
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+    assert not thread.is_alive()
+
+
+# -------------------------------------------------------------------- CLI ----
+def test_cli_metrics_and_cron(db: str) -> None:
+    runner = CliRunner()
+    out = runner.invoke(main, ["metrics", "--dsn", db])
+    assert out.exit_code == 0, out.output
+    assert ("pgshield_maintenance_runs_total", ()) in samples(out.output)
+    out = runner.invoke(main, ["cron", "run", "--dsn", db, "--json"])
+    assert out.exit_code == 0 and '"complete": true' in out.output, out.output
+    out = runner.invoke(main, ["cron", "status", "--dsn", db])
+    assert out.exit_code == 0 and "rate_limit" in out.output, out.output
+    out = runner.invoke(main, ["cron", "install", "--dsn", db])
+    assert out.exit_code == 1 and "schedule_in_database" in out.output, out.output
+    assert "Traceback" not in out.output
+    out = runner.invoke(main, ["cron", "install", "--dsn", db, "--schedule", "soon"])
+    assert out.exit_code == 1 and "p_schedule" in out.output, out.output
+
+
+# ------------------------------------------------------------------- load ----
+@pytest.mark.slow
+def test_cleanup_under_load_loses_no_live_state_and_blocks_no_decision(
+    db: str, conn: psycopg.Connection
+) -> None:
+    conn.execute("select pgshield.set_clock('2030-01-01 00:30:00+00')")
+    conn.execute("select pgshield.set_maintenance_task('rate_limit', p_batch_size => 500)")
+    keys = [f"k{i}" for i in range(40)]
+    conn.execute(
+        "insert into pgshield.rate_limit_state"
+        " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+        " select k, 60, 'fixed_window', 1000, '2030-01-01 00:00:00+00'::timestamptz, 7,"
+        "        '2030-01-01 00:01:00+00'::timestamptz from unnest(%s::text[]) k"
+        " union all"
+        " select 'garbage-' || g, 60, 'fixed_window', 10, '2030-01-01 00:00:00+00', 1,"
+        "        '2030-01-01 00:01:00+00' from generate_series(1, 20000) g",
+        (keys,),
+    )
+    clients, per_client = 16, 60
+    hits = dict.fromkeys(keys, 0)
+    lock = threading.Lock()
+    runs: list[dict] = []
+    slowest = [0.0]
+    done = threading.Event()
+
+    def cleaner() -> None:
+        with psycopg.connect(db, autocommit=True) as c:
+            while not done.is_set():
+                row = c.execute("select pgshield.run_maintenance(interval '100 ms')").fetchone()
+                runs.append(row[0])  # type: ignore[index]
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        rng = random.Random(i)
+        with psycopg.connect(db, autocommit=True, prepare_threshold=None) as c:
+            # A decision that waited this long on cleanup would fail the test (55P03).
+            c.execute("set lock_timeout = '2s'")
+            barrier.wait()
+            for _ in range(per_client):
+                key = keys[rng.randrange(len(keys))]
+                started = time.perf_counter()
+                row = c.execute(
+                    "select allowed from public.increment_rate_limit(%s, 1000, 60)", (key,)
+                ).fetchone()
+                took = time.perf_counter() - started
+                assert row and row[0]
+                with lock:
+                    hits[key] += 1
+                    slowest[0] = max(slowest[0], took)
+
+    cleaning = threading.Thread(target=cleaner)
+    cleaning.start()
+    try:
+        run_threads(clients, work)
+    finally:
+        done.set()
+        cleaning.join(60)
+    conn.execute("select pgshield.run_maintenance(interval '30 seconds')")
+    counts = dict(
+        conn.execute(  # type: ignore[arg-type]
+            "select key, count from pgshield.rate_limit_state where key like 'k%%'"
+        ).fetchall()
+    )
+    assert counts == {k: n for k, n in hits.items() if n}
+    garbage = conn.execute(
+        "select count(*) from pgshield.rate_limit_state where key like 'garbage-%%'"
+    ).fetchone()
+    assert garbage == (0,)
+    deleted = [t["deleted"] for r in runs for t in r["tasks"] if t["task"] == "rate_limit"]
+    assert sum(deleted) > 0 and any(
+        t["batches"] > 1 for r in runs for t in r["tasks"] if t["task"] == "rate_limit"
+    )
+    assert slowest[0] < 2.0

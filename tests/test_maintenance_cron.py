@@ -1,0 +1,122 @@
+"""A real pg_cron run: a job scheduled through schedule_maintenance runs and cleans up.
+
+pg_cron's scheduler lives in one database per server (``cron.database_name``) and the test
+databases are clones with other names, so this test starts its own small cluster whose
+scheduler database holds the pack (as on Supabase, where everything is in ``postgres``), plus a
+second pack database that gets its job through the statement schedule_maintenance's error
+names. pg_cron 1.4 (Debian bookworm) schedules by the minute: the test waits for the real clock,
+polling cron.job_run_details until a deadline.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgshield import Shield, ShieldError
+from pgshield.embedded import Cluster, find_bindir
+from pgshield.errors import SetupError
+from pgshield.provision import prepare_database
+
+CRON_DB = "pgshield_cron"
+OTHER_DB = "pgshield_other"
+
+
+def _cluster_or_skip() -> Cluster:
+    try:
+        bindir = find_bindir()
+    except SetupError as exc:
+        pytest.skip(f"no local Postgres binaries: {exc}")
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="pgshield-cron-")), bindir=bindir, fast=True)
+    if not cluster.has_pg_cron:
+        pytest.skip("pg_cron is not installed on this machine")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cron_cluster() -> Iterator[Cluster]:
+    cluster = _cluster_or_skip()
+    try:
+        cluster.init()
+        with open(cluster.data / "postgresql.conf", "a") as fh:  # later lines win
+            fh.write(f"cron.database_name = '{CRON_DB}'\ncron.host = '127.0.0.1'\n")
+        cluster.start()
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            for name in (CRON_DB, OTHER_DB):
+                conn.execute(f"create database {name}")
+        for name in (CRON_DB, OTHER_DB):
+            prepare_database(cluster.dsn(name))
+        with psycopg.connect(cluster.dsn(CRON_DB), autocommit=True) as conn:
+            conn.execute("create extension pg_cron")
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def _state(dsn: str) -> None:
+    """Expired rows (in the real past) and one live key, on the real clock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "insert into pgshield.rate_limit_state"
+            " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+            " select 'expired-' || g, 60, 'fixed_window', 10, now() - interval '2 hours', 1,"
+            "        now() - interval '1 hour' from generate_series(1, 50) g"
+        )
+        conn.execute("select public.increment_rate_limit('live', 10, 86400)")
+
+
+def _keys(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("select key from pgshield.rate_limit_state")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_scheduled_job_really_runs_and_cleans_up(cron_cluster: Cluster) -> None:
+    cron_dsn, other_dsn = cron_cluster.dsn(CRON_DB), cron_cluster.dsn(OTHER_DB)
+    _state(cron_dsn)
+    _state(other_dsn)
+    with Shield(cron_dsn) as shield:
+        job = shield.maintenance.schedule()
+        again = shield.maintenance.schedule()  # idempotent by name: the same job
+        assert (job.jobid, job.database, job.schedule) == (again.jobid, CRON_DB, "* * * * *")
+    with Shield(other_dsn) as other, pytest.raises(ShieldError) as info:
+        other.maintenance.schedule()
+    assert info.value.sqlstate == "55000" and info.value.hint
+    statement = info.value.hint.split(" and run: ", 1)[1]
+    with psycopg.connect(cron_dsn, autocommit=True) as conn:
+        other_id = conn.execute(statement).fetchone()[0]  # type: ignore[index]
+        jobs = dict(conn.execute("select jobid, database from cron.job").fetchall())
+    assert jobs == {job.jobid: CRON_DB, other_id: OTHER_DB}
+
+    deadline = time.monotonic() + 140  # the next minute boundary, then the run itself
+    finished: dict[int, str] = {}
+    while time.monotonic() < deadline and len(finished) < 2:
+        with psycopg.connect(cron_dsn) as conn:
+            finished = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    "select jobid, status from cron.job_run_details"
+                    " where status in ('succeeded', 'failed')"
+                ).fetchall()
+            )
+        time.sleep(1)
+    assert finished == {job.jobid: "succeeded", other_id: "succeeded"}, finished
+    assert _keys(cron_dsn) == ["live"] and _keys(other_dsn) == ["live"]
+
+    with Shield(cron_dsn) as shield:
+        status = shield.maintenance.status()
+        assert status.job and status.job.jobid == job.jobid
+        assert status.runs and status.runs[0]["status"] == "succeeded"
+        assert status.failures == 0
+        assert shield.maintenance.unschedule() is True
+        assert shield.maintenance.unschedule() is False
+    with psycopg.connect(other_dsn) as conn:
+        recorded = conn.execute(
+            "select result -> 'tasks' -> 0 ->> 'deleted' from pgshield.maintenance_runs"
+        ).fetchall()
+    assert ("50",) in recorded
