@@ -231,10 +231,10 @@ begin
     execute format($sql$
       delete from %1$I.job_run_details r
        where r.runid in (select x.runid from %1$I.job_run_details x
-                          where x.jobid in (select j.jobid from %1$I.job j where j.jobname like 'pgshield-%%')
+                          where x.jobid in (select j.jobid from %1$I.job j where j.jobname = $3)
                             and x.end_time < $1
                           order by x.runid limit $2)
-    $sql$, 'cron') using v_before, p_batch_size - v_count;
+    $sql$, 'cron') using v_before, p_batch_size - v_count, pgshield.maintenance_job_name();
     get diagnostics v_cron = row_count;
   end if;
   return v_count + v_cron;

@@ -10,6 +10,8 @@
 --
 -- Everything lives in schema pgshield (not exposed by the Data API):
 --   request_guard()            the hook PostgREST calls        anon, authenticated, service_role
+--     (invoker: a chained project hook runs with the request's rights; the
+--     decision is request_guard_decide(), security definer)
 --   define_guard_rule / drop_guard_rule / guard_rules()         service_role, owner
 --   set_guard_options / guard_options()                         service_role, owner
 --   install_request_guard / uninstall_request_guard /
@@ -122,16 +124,31 @@ revoke all on function pgshield.guard_headers(public.rate_limit_check_result, ti
 
 -- ------------------------------------------------------------------- hook ----
 
--- The db-pre-request hook: decides the request under the first matching rule.
--- The subject is auth.uid() for authenticated callers, the client address
--- (pgshield.client_address(): the configured header and trusted proxy hops,
--- never the first x-forwarded-for entry) for anon, 'service_role' for
--- service_role. Read-only transactions are checked, not counted. A denial
--- raises SQLSTATE PGRST, which PostgREST turns into HTTP 429 with the headers.
--- Callers: PostgREST as anon, authenticated, service_role (any role may call
--- it: it only ever limits the caller itself).
+-- The pre-request function chained before the guard (schema.name), if any.
+-- Callers: request_guard (any API role). Errors: none.
+create or replace function pgshield.guard_chained_function() returns text
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return (select o.chained_function from pgshield.guard_options o where o.id);
+end
+$$;
+
+revoke all on function pgshield.guard_chained_function() from public, anon, authenticated, service_role;
+grant execute on function pgshield.guard_chained_function() to anon, authenticated, service_role;
+
+-- The decision behind request_guard(): the first matching rule, the subject,
+-- the rate limit decision, and the answer. The subject is auth.uid() for
+-- authenticated callers, the client address (pgshield.client_address(): the
+-- configured header and trusted proxy hops, never the first x-forwarded-for
+-- entry) for anon, 'service_role' for service_role. Read-only transactions
+-- are checked, not counted. Allowed: the rate limit headers are appended to
+-- response.headers (what the project's hook set stays). Denied: SQLSTATE
+-- PGRST, which PostgREST turns into HTTP 429 with the headers.
+-- Callers: request_guard (anon, authenticated, service_role).
 -- Errors: PGRST (429) when the quota is used up.
-create or replace function pgshield.request_guard() returns void
+create or replace function pgshield.request_guard_decide() returns void
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -139,19 +156,14 @@ declare
   v_role text := pgshield.caller_role();
   v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
   v_path text := coalesce(nullif(current_setting('request.path', true), ''), '/');
-  v_chained text;
   v_headers_on boolean;
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;
   v_res public.rate_limit_check_result;
   v_headers jsonb;
+  v_sent jsonb;
 begin
-  select o.chained_function, o.allowed_headers into v_chained, v_headers_on
-    from pgshield.guard_options o where o.id;
-  if v_chained is not null then
-    execute format('select %s()', v_chained);  -- the project's own hook runs first
-  end if;
   select r.cost, p as policy into v_rule
     from pgshield.guard_rules r
     left join pgshield.rate_limit_policies p on p.name = r.policy
@@ -171,13 +183,19 @@ begin
   end;
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
     case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
-  if v_res.allowed and not coalesce(v_headers_on, true) then
-    return;
+  if v_res.allowed then
+    select o.allowed_headers into v_headers_on from pgshield.guard_options o where o.id;
+    if not coalesce(v_headers_on, true) then
+      return;
+    end if;
   end if;
   v_headers := pgshield.guard_headers(v_res, pgshield.now());
   if v_res.allowed then
+    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     perform set_config('response.headers',
-      (select jsonb_agg(jsonb_build_object(h.key, h.value)) from jsonb_each_text(v_headers) h)::text, true);
+      (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end
+       || (select jsonb_agg(jsonb_build_object(h.key, h.value)) from jsonb_each_text(v_headers) h))::text,
+      true);
     return;
   end if;
   raise sqlstate 'PGRST' using
@@ -189,6 +207,31 @@ begin
                    then format('retry after %s ms', v_res.retry_after_ms)
                    else 'this request can never fit the limit' end)::text,
     detail = jsonb_build_object('status', 429, 'headers', v_headers)::text;
+end
+$$;
+
+revoke all on function pgshield.request_guard_decide() from public, anon, authenticated, service_role;
+grant execute on function pgshield.request_guard_decide() to anon, authenticated, service_role;
+
+-- The db-pre-request hook PostgREST calls before every request, as the
+-- request's role. It runs as the invoker: the project's own pre-request
+-- function, when one is chained, runs first with the request's own rights
+-- (as PostgREST would call it; it sees search_path pg_catalog, pg_temp, so it
+-- should pin its own); then pgshield.request_guard_decide() decides.
+-- Callers: PostgREST as anon, authenticated, service_role (it only ever
+-- limits the caller itself).
+-- Errors: PGRST (429) when the quota is used up; whatever the chained hook raises.
+create or replace function pgshield.request_guard() returns void
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_chained text := pgshield.guard_chained_function();
+begin
+  if v_chained is not null then
+    execute format('select %I.%I()', split_part(v_chained, '.', 1), split_part(v_chained, '.', 2));
+  end if;
+  perform pgshield.request_guard_decide();
 end
 $$;
 
@@ -412,6 +455,9 @@ begin
         message = format('the configured pre-request %L is not a schema-qualified function without arguments', v_hook);
     end if;
     update pgshield.guard_options o set chained_function = v_hook, updated_at = now() where o.id;
+  elsif v_hook is null then
+    -- nothing else is configured: a function chained by an earlier install is gone
+    update pgshield.guard_options o set chained_function = null, updated_at = now() where o.id;
   end if;
   begin
     execute format('alter role authenticator in database %I set pgrst.db_pre_request = %L',

@@ -194,7 +194,8 @@ def test_an_existing_hook_is_refused_or_chained_first(owner: psycopg.Connection)
         " grant usage on sequence public.pgshield_t_seen_n_seq to authenticated;"
         " create function public.pgshield_t_hook() returns void language sql"
         " set search_path = pg_catalog as"
-        " $$ insert into public.pgshield_t_seen (what) values ('project hook') $$;"
+        " $$ insert into public.pgshield_t_seen (what) values (current_user);"
+        " select set_config('response.headers', '[{\"X-Project\": \"yes\"}]', true) $$;"
         " grant execute on function public.pgshield_t_hook() to authenticated"
     )
     dbname = owner.info.dbname
@@ -209,11 +210,48 @@ def test_an_existing_hook_is_refused_or_chained_first(owner: psycopg.Connection)
     chained = shield.guard.install(chain=True)
     assert chained.installed and chained.chained_function == "public.pgshield_t_hook"
     owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
-    assert [request(owner).status for _ in range(4)] == [200, 200, 200, 429]
-    seen = owner.execute("select count(*) from public.pgshield_t_seen").fetchone()
-    assert seen == (3,), "the project's hook runs first, for every request that got through"
+    answers = [request(owner) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    assert answers[0].headers["X-Project"] == "yes" and "RateLimit" in answers[0].headers
+    seen = owner.execute("select what from public.pgshield_t_seen").fetchall()
+    # The project's hook ran first, for every request that got through, with the request's
+    # own rights (not the pack owner's).
+    assert seen == [("authenticated",)] * 3
     shield.guard.uninstall()
     assert hook(owner) == "public.pgshield_t_hook", "the project's hook is put back"
+
+
+def test_reinstalling_forgets_a_chained_hook_that_is_gone(owner: psycopg.Connection) -> None:
+    owner.execute(
+        "create function public.pgshield_t_hook2() returns void language sql"
+        " set search_path = pg_catalog as 'select 1'"
+    )
+    owner.execute(
+        f'alter role authenticator in database "{owner.info.dbname}"'
+        " set pgrst.db_pre_request = 'public.pgshield_t_hook2'"
+    )
+    shield = Shield(owner)
+    assert shield.guard.install(chain=True).chained_function == "public.pgshield_t_hook2"
+    owner.execute(f'alter role authenticator in database "{owner.info.dbname}" reset all')
+    assert shield.guard.install().chained_function is None
+
+
+def test_a_request_that_fails_after_the_guard_is_not_counted(owner: psycopg.Connection) -> None:
+    # Documented behaviour (docs/data_api_guard.md): the consumption is part of the request's
+    # transaction, so a request that fails afterwards gives it back.
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    for _ in range(5):
+        with pytest.raises(psycopg.errors.RaiseException), owner.transaction():
+            owner.execute(
+                "select set_config('role', 'authenticated', true),"
+                " set_config('request.jwt.claims', %s, true),"
+                " set_config('request.method', 'POST', true),"
+                " set_config('request.path', '/pgshield_t_todos', true)",
+                (json.dumps({"role": "authenticated", "sub": str(ALICE)}),),
+            )
+            owner.execute("select pgshield.request_guard()")
+            owner.execute("do $$ begin raise exception 'the insert failed'; end $$")
+    assert request(owner).status == 200, "five failed requests consumed nothing"
 
 
 def test_installing_needs_the_right_to_alter_authenticator(owner: psycopg.Connection) -> None:

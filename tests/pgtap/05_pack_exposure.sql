@@ -28,8 +28,11 @@ select set_eq(
     'public.peek_check_rate_limit(text, integer, text, text)',
     -- what those two invoker entry points call
     'pgshield.rate_limit_check(text, integer, text, text, boolean)',
-    -- the Data API guard: PostgREST calls it before every request, as the request's role
-    'pgshield.request_guard()'
+    -- the Data API guard: PostgREST calls it before every request, as the request's role;
+    -- it runs as the invoker and calls the two after it
+    'pgshield.request_guard()',
+    'pgshield.request_guard_decide()',
+    'pgshield.guard_chained_function()'
   ],
   'anon may execute exactly the pack functions on its allowlist');
 
@@ -52,6 +55,8 @@ select set_eq(
     'pgshield.rate_limit_check(text, integer, text, text, boolean)',
     'pgshield.rate_limit_usage_of(text, text)',
     'pgshield.request_guard()',
+    'pgshield.request_guard_decide()',
+    'pgshield.guard_chained_function()',
     -- merge_jsonb runs with the caller's rights, so what it calls is granted too
     'pgshield.jsonb_merge_check_args(text, jsonb, text[])',
     'pgshield.jsonb_merge_dynamic(text, text, jsonb, text[], text)',
