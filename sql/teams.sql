@@ -31,7 +31,11 @@
 -- with response.status 403 / 404 / 409: PostgREST commits a function that
 -- returns normally, so the audit row survives, and supabase-js reports the
 -- object as the call's error. The Python client raises the matching
--- exception. Bad input (22023 and class 22) raises and writes nothing.
+-- exception. Bad input (22023 and class 22) raises and writes nothing. A
+-- call in a read-only transaction (PostgREST GET/HEAD) raises 25006 first:
+-- call the entry points with POST. A denied row names its team only when
+-- the caller is a member of it, and keeps at most 1,000 characters of the
+-- arguments.
 --
 -- Invariant: a team never has zero owners. Every change to a team's members
 -- first locks the team row (one update of teams.revision: the same order
@@ -398,6 +402,24 @@ $$;
 
 revoke all on function pgshield.team_guard(uuid, uuid, text, boolean) from public, anon, authenticated, service_role;
 
+-- True when an actor of rank p_actor_rank holding p_actor_permissions may
+-- grant p_role with the overrides p_extra: the role ranks no higher than the
+-- actor's, and its permissions plus the overrides are among the actor's.
+-- Callers: pack functions (team_check_grant, accepting an invitation).
+-- Errors: none.
+create or replace function pgshield.team_can_grant(
+  p_actor_rank integer, p_actor_permissions text[], p_role text, p_extra text[]
+) returns boolean
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(pgshield.team_role_rank(p_role) <= p_actor_rank
+                  and pgshield.team_effective_permissions(p_role, p_extra) <@ p_actor_permissions, false)
+$$;
+
+revoke all on function pgshield.team_can_grant(integer, text[], text, text[])
+  from public, anon, authenticated, service_role;
+
 -- Refuses (42501) granting p_role with p_extra to someone, or changing a
 -- member of rank p_target_rank, above what the granting actor holds.
 -- Callers: pack functions. Errors: 42501.
@@ -415,7 +437,7 @@ begin
     raise exception using errcode = '42501',
       message = format('on team %L you cannot change a member whose role is above yours', p_slug);
   end if;
-  if pgshield.team_role_rank(p_role) > p_actor_rank or not v_wanted <@ p_actor_permissions then
+  if not pgshield.team_can_grant(p_actor_rank, p_actor_permissions, p_role, p_extra) then
     raise exception using errcode = '42501',
       message = format('on team %L you cannot grant the role %s with permissions %s: that is above your own',
                        p_slug, p_role, array_to_string(v_wanted, ', ')),
@@ -687,7 +709,12 @@ begin
     raise exception using errcode = '22023', message = 'give exactly one of p_team_id and p_slug';
   end if;
   if v_id is null then
-    select t.id into v_id from pgshield.teams t where t.slug = pgshield.team_slug(p_slug);
+    -- API callers find only their own teams by slug: a team they are not in
+    -- is answered exactly like one that does not exist (no id, no hint).
+    select t.id into v_id from pgshield.teams t
+     where t.slug = pgshield.team_slug(p_slug)
+       and (v_actor is null
+            or exists (select 1 from pgshield.team_members m where m.team_id = t.id and m.user_id = v_actor));
     if v_id is null then
       raise exception using errcode = 'PT404', message = format('no team with slug %L', pgshield.team_slug(p_slug)),
         hint = 'it does not exist, or you are not a member';
@@ -771,8 +798,10 @@ declare
   v_member pgshield.team_members;
   v_now timestamptz := pgshield.now();
 begin
-  perform pgshield.team_user(p_user_id, 'p_user_id');
+  -- The team and the caller's admin permission first: only then say whether
+  -- p_user_id is an auth user (nobody else learns which user ids exist).
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
+  perform pgshield.team_user(p_user_id, 'p_user_id');
   perform pgshield.team_check_grant(v_guard.o_slug, v_guard.o_rank, v_guard.o_permissions, v_role, v_extra, null);
   insert into pgshield.team_members (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at)
   values (p_team_id, p_user_id, v_role, v_extra, v_actor, v_now, v_now)
@@ -958,11 +987,14 @@ revoke all on function pgshield.team_create_invitation(uuid, text, text, interva
   from public, anon, authenticated, service_role;
 
 -- Joins the caller to the invitation's team. Single use; refused once
--- expired or revoked, when bound to another email than the caller's
--- auth.users email, or when its sender can no longer grant its role.
+-- expired or revoked, when bound to an email that is not the caller's
+-- confirmed auth.users email, or when its sender can no longer grant its
+-- role and overrides (the same check as at creation, with the sender's role
+-- and permissions now).
 -- Callers: through teams_call (authenticated).
--- Errors: 22023 bad token; PT404 unknown token; PT409 used, revoked,
--- expired; 42501 another email, not a user; 23505 already a member.
+-- Errors: 22023 bad token; PT404 unknown token (or deleted meanwhile);
+-- PT409 used, revoked, expired, sender can no longer grant it; 42501
+-- another or unconfirmed email, not a user; 23505 already a member.
 create or replace function pgshield.team_accept_invitation(p_token text) returns jsonb
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -972,7 +1004,7 @@ declare
   v_hash bytea;
   v_inv pgshield.team_invitations;
   v_email text;
-  v_inviter_role text;
+  v_inviter pgshield.team_members;
   v_member pgshield.team_members;
   v_now timestamptz;
 begin
@@ -991,6 +1023,9 @@ begin
   -- Team first, then the invitation: the lock order of every team change.
   perform pgshield.team_guard(v_inv.team_id, null, null, true);
   select * into v_inv from pgshield.team_invitations i where i.id = v_inv.id for update;
+  if not found then  -- deleted (cleanup, its team) while this call waited for the team
+    raise exception using errcode = 'PT404', message = 'no such invitation';
+  end if;
   v_now := pgshield.now();
   if v_inv.accepted_at is not null then
     raise exception using errcode = 'PT409', message = 'this invitation has been used';
@@ -1001,17 +1036,25 @@ begin
       hint = 'ask for a new one';
   end if;
   if v_inv.email is not null then
-    select lower(u.email) into v_email from auth.users u where u.id = v_actor;
+    -- Only a confirmed address counts: an unconfirmed one is merely claimed.
+    select lower(u.email) into v_email from auth.users u
+     where u.id = v_actor and u.email_confirmed_at is not null;
     if v_email is distinct from v_inv.email then
-      raise exception using errcode = '42501', message = 'this invitation is for another email address';
+      raise exception using errcode = '42501',
+        message = 'this invitation is for another email address, or yours is not confirmed',
+        hint = 'sign in with the invited address, once it is confirmed';
     end if;
   end if;
   if v_inv.invited_by is not null then
-    select m.role into v_inviter_role from pgshield.team_members m
+    -- The grant check of creation, with the sender's role and permissions now.
+    select * into v_inviter from pgshield.team_members m
      where m.team_id = v_inv.team_id and m.user_id = v_inv.invited_by;
-    if coalesce(pgshield.team_role_rank(v_inviter_role), 0) < pgshield.team_role_rank(v_inv.role) then
+    if v_inviter.user_id is null
+       or not pgshield.team_can_grant(pgshield.team_role_rank(v_inviter.role),
+                                      pgshield.team_effective_permissions(v_inviter.role, v_inviter.extra_permissions),
+                                      v_inv.role, v_inv.extra_permissions) then
       raise exception using errcode = 'PT409',
-        message = 'the member who sent this invitation can no longer grant its role',
+        message = 'the member who sent this invitation can no longer grant its role and permissions',
         hint = 'ask a team admin for a new invitation';
     end if;
   end if;
@@ -1032,8 +1075,10 @@ $$;
 
 revoke all on function pgshield.team_accept_invitation(text) from public, anon, authenticated, service_role;
 
--- Revokes an unused invitation (again: no change). Callers: through
--- teams_call (admin of its team). Errors: 22023, PT404, 42501, PT409 used.
+-- Revokes an unused invitation (again: no change). An invitation of a team
+-- the caller is not a member of is answered like one that does not exist.
+-- Callers: through teams_call (admin of its team). Errors: 22023, PT404,
+-- 42501, PT409 used.
 create or replace function pgshield.team_revoke_invitation(p_invitation_id uuid) returns jsonb
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -1046,7 +1091,10 @@ begin
   if p_invitation_id is null then
     raise exception using errcode = '22023', message = 'p_invitation_id must not be null';
   end if;
-  select i.team_id into v_team from pgshield.team_invitations i where i.id = p_invitation_id;
+  select i.team_id into v_team from pgshield.team_invitations i
+   where i.id = p_invitation_id
+     and (v_actor is null
+          or exists (select 1 from pgshield.team_members m where m.team_id = i.team_id and m.user_id = v_actor));
   if v_team is null then
     raise exception using errcode = 'PT404', message = format('no invitation with id %s', p_invitation_id);
   end if;
@@ -1206,8 +1254,15 @@ revoke all on function pgshield.team_dispatch(text, jsonb) from public, anon, au
 -- PostgREST response status is set (403, 404, 409) and the refusal is
 -- RETURNED as {code, message, details, hint}, so the caller's transaction
 -- can commit the audit row. Bad input (class 22) and everything else raise.
+-- Every call needs a read-write transaction (PostgREST: POST), since a
+-- refusal writes its audit row and a change its own: a read-only one (GET,
+-- HEAD, supabase-js rpc(..., { get: true }), a standby) is refused up front.
+-- A denied row names the team only when the caller is a member of it (or
+-- trusted), so that strangers cannot write into a team's audit, and keeps at
+-- most 1,000 characters of the arguments.
 -- Callers: authenticated, service_role (through the public entry points).
--- Errors: 22023 and class 22 bad input; refusals are answered, not raised.
+-- Errors: 25006 read-only transaction; 22023 and class 22 bad input;
+-- refusals are answered, not raised.
 create or replace function pgshield.teams_call(p_op text, p_args jsonb) returns jsonb
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -1218,7 +1273,13 @@ declare
   v_detail text;
   v_hint text;
   v_team uuid;
+  v_details jsonb;
 begin
+  if current_setting('transaction_read_only') = 'on' then
+    raise exception using errcode = '25006', message = 'call team operations with POST',
+      detail = 'this transaction is read-only (GET or HEAD through PostgREST, or a standby)',
+      hint = 'team calls write their audit trail: drop { get: true } from supabase.rpc(), use POST /rpc/...';
+  end if;
   begin
     return pgshield.team_dispatch(p_op, coalesce(p_args, '{}'::jsonb));
   exception when sqlstate '42501' or sqlstate 'PT404' or sqlstate 'PT409' or sqlstate '23505' then
@@ -1232,11 +1293,20 @@ begin
     (select i.team_id from pgshield.team_invitations i
       where p_args ->> 'token' ~ '^[0-9a-f]{64}$'
         and i.token_hash = sha256(convert_to(p_args ->> 'token', 'UTF8'))));
+  -- Only into the audit of a team the caller is in (trusted callers: any).
+  if v_team is not null and not pgshield.caller_is_trusted()
+     and not exists (select 1 from pgshield.team_members m where m.team_id = v_team and m.user_id = auth.uid()) then
+    v_team := null;
+  end if;
+  v_details := coalesce(p_args, '{}'::jsonb) - 'token';
+  if length(v_details::text) > 1000 then
+    v_details := jsonb_build_object('truncated', true, 'arguments', left(v_details::text, 1000));
+  end if;
   perform pgshield.team_audit_write(
     v_team, p_op, 'denied',
     coalesce(pgshield.team_arg_uuid(p_args, 'user_id'), pgshield.team_arg_uuid(p_args, 'owner_id'),
              pgshield.team_arg_uuid(p_args, 'new_owner_id')),
-    v_state, v_message, coalesce(p_args, '{}'::jsonb) - 'token');
+    v_state, v_message, v_details);
   perform set_config('response.status',
                      case v_state when '42501' then '403' when 'PT404' then '404' else '409' end, true);
   return jsonb_build_object('code', v_state, 'message', v_message,
@@ -1317,7 +1387,8 @@ revoke all on function public.delete_team(uuid) from public, anon, authenticated
 grant execute on function public.delete_team(uuid) to authenticated, service_role;
 
 -- What: one team by id or slug, with the caller's role, permissions and
--- member counts. Callers: members with read, service_role.
+-- member counts; a team the caller is not in is "not found" by id and by
+-- slug alike. Callers: members with read, service_role.
 -- Errors: 22023 neither or both of id and slug; refusals PT404, 42501.
 create or replace function public.get_team(p_team_id uuid default null, p_slug text default null) returns jsonb
 language plpgsql volatile security invoker
@@ -1478,8 +1549,9 @@ grant execute on function public.create_team_invitation(uuid, text, text, interv
   to authenticated, service_role;
 
 -- What: the caller joins the team of the invitation p_token names; single
--- use, until it expires, and only as the email it is bound to (compared with
--- auth.users.email). Returns the membership.
+-- use, until it expires, only as the email it is bound to (the caller's
+-- auth.users.email, confirmed), and while its sender can still grant it.
+-- Returns the membership.
 -- Callers: authenticated. Errors: 22023 malformed token; refusals PT404
 -- unknown token, PT409 used / revoked / expired, 42501 another email or
 -- service_role, 23505 already a member.

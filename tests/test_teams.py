@@ -36,7 +36,10 @@ USERS = {ANN: "ann@example.com", BOB: "bob@example.com", CID: "cid@example.com"}
 @pytest.fixture
 def owner(conn: psycopg.Connection) -> psycopg.Connection:
     for user_id, email in USERS.items():
-        conn.execute("insert into auth.users (id, email) values (%s, %s)", (user_id, email))
+        conn.execute(
+            "insert into auth.users (id, email, email_confirmed_at) values (%s, %s, now())",
+            (user_id, email),
+        )
     return conn
 
 
@@ -160,9 +163,10 @@ def test_psycopg_refusal_raises_after_its_audit_row_committed(
         assert caught.value.sqlstate == "PT404"
     # Another connection sees the denied attempt: it committed although the call failed.
     assert audit_rows(owner, "denied") == [("add_member", "PT404")]
+    # Bob is not a member: the row is not the team's (its admins never see strangers' probes).
     assert owner.execute(
         "select actor_id, team_id from pgshield.team_audit where outcome = 'denied'"
-    ).fetchone() == (BOB, team.id)
+    ).fetchone() == (BOB, None)
     assert owner.execute("select count(*) from pgshield.team_members").fetchone() == (1,)
 
 

@@ -188,6 +188,44 @@ def test_a_backend_killed_mid_creation_leaves_no_ownerless_team(
     assert no_team_without_owner(conn)
 
 
+def test_an_invitation_deleted_while_its_acceptor_waits_is_not_found(
+    db: str, conn: psycopg.Connection
+) -> None:
+    ann, bob = users(conn, 2)
+    shield = Shield(conn)
+    team = shield.teams.create("Gone", "gone", owner_id=ann)
+    invitation = shield.teams.invite(team.id, "member")
+    assert invitation.token
+    # Hold the team lock; the acceptor finds the invitation, then waits for the team.
+    locker = psycopg.connect(db)
+    locker.execute("update pgshield.teams set revision = revision where id = %s", (team.id,))
+    acceptor = as_user(db, bob)
+    caught: list[Exception] = []
+
+    def accept() -> None:
+        try:
+            Shield(acceptor).teams.accept(invitation.token or "")
+        except Exception as exc:  # asserted below
+            caught.append(exc)
+
+    t = threading.Thread(target=accept)
+    t.start()
+    wait_for_lock_wait(conn, acceptor.info.backend_pid)
+    locker.execute("delete from pgshield.team_invitations where id = %s", (invitation.id,))
+    locker.commit()
+    t.join(30)
+    locker.close()
+    acceptor.close()
+    [exc] = caught
+    assert isinstance(exc, NotFound) and exc.sqlstate == "PT404", exc  # not a raw 23502
+    assert conn.execute(
+        "select count(*) from pgshield.team_members where team_id = %s", (team.id,)
+    ).fetchone() == (1,)
+    assert conn.execute(
+        "select action, sqlstate, actor_id from pgshield.team_audit where outcome = 'denied'"
+    ).fetchall() == [("accept_invitation", "PT404", bob)]
+
+
 APP = """
 create table public.docs (id bigint primary key, team_id uuid not null, body text not null);
 alter table public.docs enable row level security;

@@ -91,10 +91,13 @@ grant usage on schema auth to anon, authenticated, service_role;
 create table if not exists auth.users (
   id uuid primary key,
   email text,
+  email_confirmed_at timestamptz,
   raw_app_meta_data jsonb not null default '{}',
   raw_user_meta_data jsonb not null default '{}',
   created_at timestamptz not null default now()
 );
+-- Stubs made before email_confirmed_at was added (null: unconfirmed, as in Supabase).
+alter table auth.users add column if not exists email_confirmed_at timestamptz;
 comment on table auth.users is 'pgshield compat stub: stands in for Supabase Auth users';
 -- Supabase grants postgres all on schema auth and its tables (sign-up triggers, tests).
 grant all on schema auth to supabase_postgres;

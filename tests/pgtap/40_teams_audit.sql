@@ -1,7 +1,7 @@
 -- teams: every change and every refused call is in the audit trail; cleanup and status.
 begin;
 \ir _helpers.psql
-select plan(17);
+select plan(18);
 
 select pg_temp.create_test_user('ann');
 select pg_temp.create_test_user('bob');
@@ -35,14 +35,18 @@ select is(public.create_team_with_owner('Taken', 'pgshield-t-acme') ->> 'code', 
 select pg_temp.act_as_owner();
 select is(pg_temp.rows('ok'), array['create_team', 'add_member', 'update_team'],
   'every change wrote one audit row, in order');
-select is(pg_temp.rows('denied'), array['add_member:42501', 'list_audit:42501', 'delete_team:PT404'],
-  'every refused call wrote a denied row (the caller''s transaction keeps it)');
+select is(pg_temp.rows('denied'), array['add_member:42501', 'list_audit:42501'],
+  'every refused call of a member wrote a denied row of the team (the caller''s transaction keeps it)');
 select ok(not exists (select 1 from pgshield.team_members m
                        where m.team_id = pg_temp.acme() and m.user_id = pg_temp.test_user('eve')),
   'the refused work itself was undone');
 select is((select a.actor_id from pgshield.team_audit a
-            where a.team_id = pg_temp.acme() and a.action = 'delete_team'),
-  pg_temp.test_user('eve'), 'a denied row names the actor');
+            where a.team_id = pg_temp.acme() and a.action = 'list_audit' and a.outcome = 'denied'),
+  pg_temp.test_user('bob'), 'a denied row names the actor');
+select is((select count(*)::integer from pgshield.team_audit a
+            where a.team_id is null and a.action = 'delete_team' and a.outcome = 'denied'
+              and a.actor_id = pg_temp.test_user('eve') and a.details ->> 'team_id' = pg_temp.acme()::text), 1,
+  'a stranger''s refused call is recorded, but not in the team''s audit');
 select is((select count(*)::integer from pgshield.team_audit a
             where a.team_id is null and a.action = 'create_team' and a.outcome = 'denied'
               and a.actor_id = pg_temp.test_user('eve') and a.details ->> 'slug' = 'pgshield-t-acme'), 1,
@@ -50,9 +54,9 @@ select is((select count(*)::integer from pgshield.team_audit a
 
 -- ---------------------------------------------------------------- readers ----
 select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
-select is(jsonb_array_length(public.get_team_audit(pg_temp.acme(), p_denied_only => true)), 3,
-  'the team''s admins read its denied attempts');
-select is(public.get_team_audit(pg_temp.acme(), 1) -> 0 ->> 'action', 'delete_team',
+select is(jsonb_array_length(public.get_team_audit(pg_temp.acme(), p_denied_only => true)), 2,
+  'the team''s admins read its members'' denied attempts');
+select is(public.get_team_audit(pg_temp.acme(), 1) -> 0 ->> 'action', 'list_audit',
   'newest first, limited');
 select throws_ok($$ select public.get_team_audit() $$, '22023', null, 'users read one team''s audit at a time');
 select pg_temp.act_as('service_role');

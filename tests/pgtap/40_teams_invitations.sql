@@ -1,7 +1,7 @@
 -- teams: invitations are single use, expiring, bound to an email, stored hashed.
 begin;
 \ir _helpers.psql
-select plan(19);
+select plan(25);
 
 select pg_temp.create_test_user('ann');
 select pg_temp.create_test_user('bob');
@@ -91,6 +91,48 @@ select is(public.accept_team_invitation(pg_temp.kept('by_cid') ->> 'token') ->> 
 select pg_temp.act_as('authenticated', pg_temp.test_user('bob'));
 select is(public.create_team_invitation((pg_temp.kept('acme') ->> 'id')::uuid) ->> 'code', '42501',
   'a viewer cannot invite');
+
+
+-- ------------------------------------ sender's permissions, checked again ----
+select pg_temp.act_as_owner();
+select pg_temp.create_test_user('gus');
+select pg_temp.create_test_user('hal');
+select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
+select public.set_team_member_role((pg_temp.kept('acme') ->> 'id')::uuid, pg_temp.test_user('cid'), 'admin');
+select pg_temp.act_as('authenticated', pg_temp.test_user('cid'));
+select pg_temp.keep('extra', public.create_team_invitation((pg_temp.kept('acme') ->> 'id')::uuid, 'viewer',
+                                                           p_permissions => '{admin}'));
+select pg_temp.keep('plain', public.create_team_invitation((pg_temp.kept('acme') ->> 'id')::uuid, 'viewer'));
+select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
+select public.set_team_member_role((pg_temp.kept('acme') ->> 'id')::uuid, pg_temp.test_user('cid'), 'viewer');
+select pg_temp.act_as('authenticated', pg_temp.test_user('gus'));
+select is(public.accept_team_invitation(pg_temp.kept('extra') ->> 'token') ->> 'code', 'PT409',
+  'a viewer invitation with the admin override is refused once its sender is a viewer without it');
+select pg_temp.act_as_owner();
+select is((select array_agg(a.action || ':' || a.sqlstate) from pgshield.team_audit a
+            where a.actor_id = pg_temp.test_user('gus') and a.outcome = 'denied'),
+  array['accept_invitation:PT409'], '... audited as a refusal');
+select ok(not exists (select 1 from pgshield.team_members m where m.user_id = pg_temp.test_user('gus')),
+  '... and gus did not join');
+select pg_temp.act_as('authenticated', pg_temp.test_user('hal'));
+select is(public.accept_team_invitation(pg_temp.kept('plain') ->> 'token') ->> 'role', 'viewer',
+  'the same sender''s plain viewer invitation is still within what it holds');
+
+-- ------------------------------------------------ only confirmed emails ----
+select pg_temp.act_as_owner();
+select pg_temp.create_test_user('fay');
+update auth.users set email_confirmed_at = null where id = pg_temp.test_user('fay');
+select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
+select pg_temp.keep('for_fay', public.create_team_invitation((pg_temp.kept('acme') ->> 'id')::uuid, 'member',
+                                                             'pgshield_t_fay@example.com'));
+select pg_temp.act_as('authenticated', pg_temp.test_user('fay'));
+select is(public.accept_team_invitation(pg_temp.kept('for_fay') ->> 'token') ->> 'code', '42501',
+  'an invitation bound to an email refuses the user with that email while it is unconfirmed');
+select pg_temp.act_as_owner();
+update auth.users set email_confirmed_at = now() where id = pg_temp.test_user('fay');
+select pg_temp.act_as('authenticated', pg_temp.test_user('fay'));
+select is(public.accept_team_invitation(pg_temp.kept('for_fay') ->> 'token') ->> 'role', 'member',
+  '... and accepts it once the email is confirmed');
 
 select * from finish();
 rollback;
