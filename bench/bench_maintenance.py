@@ -22,6 +22,7 @@ ROWS = 1_000_000
 CLIENTS = 8
 LIVE_KEYS = 10_000
 BUDGET = "1 second"
+PAUSE = 0.0  # seconds between runs: 0 is cleanup back to back
 INCREMENT = (
     "\\set id random(1, {keys})\n"
     "select allowed from public.increment_rate_limit('live-' || :id, 2000000000, 60);\n"
@@ -40,7 +41,7 @@ def fill(dsn: str, rows: int) -> None:
         conn.execute("vacuum analyze pgshield.rate_limit_state")
 
 
-def run(rows: int) -> str:
+def run(rows: int, budget: str = BUDGET, pause: float = PAUSE) -> str:
     script = INCREMENT.format(keys=LIVE_KEYS)
     with bench_cluster() as (_cluster, dsn):
         with connect(dsn) as conn:  # warm the live keys: increments update, not insert
@@ -60,7 +61,7 @@ def run(rows: int) -> str:
             with connect(dsn) as conn:
                 while True:
                     row = conn.execute(
-                        "select pgshield.run_maintenance(%s::interval)", (BUDGET,)
+                        "select pgshield.run_maintenance(%s::interval)", (budget,)
                     ).fetchone()
                     assert row is not None
                     task = next(t for t in row[0]["tasks"] if t["task"] == "rate_limit")
@@ -68,6 +69,7 @@ def run(rows: int) -> str:
                     runs += 1
                     if task["status"] == "done":
                         break
+                    time.sleep(pause)
             cleaned.update(seconds=time.perf_counter() - started, deleted=deleted, runs=runs)
 
         worker = threading.Thread(target=cleanup)
@@ -81,7 +83,7 @@ def run(rows: int) -> str:
         f"## maintenance ({machine()})",
         "",
         f"{rows:,} expired rows; {CLIENTS} pgbench clients increment {LIVE_KEYS:,} live keys;"
-        f" run_maintenance('{BUDGET}') back to back until done.",
+        f" run_maintenance('{budget}') every {budget} + {pause:g} s until done.",
         "",
         "| phase | increments/s | p50 ms | p99 ms |",
         "|---|---|---|---|",
@@ -102,8 +104,10 @@ def _row(r: Result) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--budget", default=BUDGET, help="run_maintenance's time budget")
+    parser.add_argument("--pause", type=float, default=PAUSE, help="seconds between runs")
     args = parser.parse_args(argv if argv is not None else [])
-    text = run(args.rows)
+    text = run(args.rows, args.budget, args.pause)
     print(text)
     return text
 
