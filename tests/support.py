@@ -75,14 +75,25 @@ def act_as(
     sub: str | uuid.UUID | None = None,
     claims: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    method: str | None = None,
+    path: str | None = None,
 ) -> Iterator[psycopg.Connection]:
-    """Inside one transaction, act as a Supabase API role the way PostgREST does."""
+    """Inside one transaction, act as a Supabase API role the way PostgREST does.
+
+    With ``method`` GET or HEAD the transaction is read only, as PostgREST runs them.
+    """
     all_claims = {"role": role, **({"sub": str(sub)} if sub else {}), **(claims or {})}
     with conn.transaction():
+        if method in ("GET", "HEAD"):
+            conn.execute("set transaction read only")
         conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
         conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(all_claims),))
         if headers is not None:
             conn.execute("select set_config('request.headers', %s, true)", (json.dumps(headers),))
+        if method is not None:
+            conn.execute("select set_config('request.method', %s, true)", (method,))
+        if path is not None:
+            conn.execute("select set_config('request.path', %s, true)", (path,))
         yield conn
 
 

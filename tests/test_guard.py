@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from pgshield import InvalidInput, Shield, ShieldError
 from pgshield.cli import main
-from support import run_threads
+from support import act_as, run_threads
 
 ALICE = uuid.UUID("5a0e0a52-0000-4000-8000-00000000a11c")
 POLICY = "pgshield_t_writes"
@@ -42,19 +42,10 @@ def request(
     headers: dict[str, str] | None = None,
 ) -> Answer:
     """One PostgREST request's pre-request step; the status PostgREST would answer."""
-    claims = {"role": role, **({"sub": str(sub)} if sub else {})}
     try:
-        with conn.transaction():
-            if method in ("GET", "HEAD"):
-                conn.execute("set transaction read only")
-            conn.execute(
-                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
-                " set_config('request.headers', %s, true), set_config('request.method', %s, true),"
-                " set_config('request.path', %s, true)",
-                (role, json.dumps(claims), json.dumps(headers or {}), method, path),
-            )
-            conn.execute("select pgshield.request_guard()")
-            row = conn.execute("select current_setting('response.headers', true)").fetchone()
+        with act_as(conn, role, sub=sub, headers=headers or {}, method=method, path=path) as c:
+            c.execute("select pgshield.request_guard()")
+            row = c.execute("select current_setting('response.headers', true)").fetchone()
         sent = {k: v for h in json.loads((row[0] if row else None) or "[]") for k, v in h.items()}
         return Answer(200, sent)
     except psycopg.Error as exc:

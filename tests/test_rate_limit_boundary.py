@@ -152,7 +152,6 @@ def check_windows(outcomes: list[Outcome], windows: dict[int, int], boundary: fl
         consumed: Counter = Counter(
             o.windows[window] for o in outcomes if o.allowed and o.kind == "consume"
         )
-        print(f"window {window}s: admitted per window {sorted(consumed.values())}")  # for -s runs
         assert all(n <= limit for n in consumed.values()), (window, sorted(consumed.items()))
         # Real time alone: calls that surely ran inside one window.
         w = window * 1_000_000

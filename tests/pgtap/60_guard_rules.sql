@@ -1,7 +1,7 @@
 -- guard: rules, the hook as PostgREST calls it, read-only requests, roles and bad input.
 begin;
 \ir _helpers.psql
-select plan(24);
+select plan(31);
 
 select pgshield.set_clock('2001-01-01 00:00:05+00');
 select pgshield.set_client_address_source('x-forwarded-for', 1);  -- whatever the project set
@@ -62,6 +62,26 @@ select throws_ok($$ select pgshield.request_guard() $$, 'PGRST', null,
 select pg_temp.act_as('service_role', p_method => 'POST', p_path => '/pgshield_t_todos');
 select lives_ok($$ select pgshield.request_guard() $$, 'service_role is exempt from * and other roles'' rules');
 
+-- roles on the rule functions
+select pg_temp.act_as('authenticated', pg_temp.test_user('alice'));
+select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes') $$, '42501', null,
+  'authenticated cannot define rules');
+select throws_ok($$ select pgshield.guard_rule_list() $$, '42501', null, 'authenticated cannot list rules');
+select pg_temp.act_as('anon');
+select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes') $$, '42501', null,
+  'anon cannot define rules');
+select throws_ok($$ select pgshield.install_request_guard() $$, '42501', null, 'anon cannot install the guard');
+select pg_temp.act_as('service_role');
+select is((pgshield.define_guard_rule('pgshield_t_writes', 'authenticated', 'DELETE', '/pgshield_t_svc'))
+          ->> 'path', '/pgshield_t_svc', 'service_role defines rules');
+select throws_ok($$ select pgshield.drop_guard_rule(null) $$, '22023', null, 'drop_guard_rule(null) is bad input');
+select throws_ok($$ select pgshield.set_guard_options(null) $$, '22023', null,
+  'set_guard_options(null) is bad input');
+select is((pgshield.request_guard_status() ->> 'allowed_headers')::boolean, true,
+          '... and changed nothing');
+select pg_temp.act_as_owner();
+
+
 -- read-only: checked, not counted, never 25006
 select pg_temp.act_as_owner();
 select pgshield.define_guard_rule('pgshield_t_writes', 'authenticated', 'GET', '/pgshield_t_reads');
@@ -73,12 +93,6 @@ select pg_temp.act_as_owner();
 select is((select count(*)::integer from pgshield.rate_limit_state s
             where s.policy = 'pgshield_t_writes' and s.key = pg_temp.test_user('bob')::text), 0,
           '... and counted nothing');
-
--- roles on the rule functions
-select pg_temp.act_as('authenticated', pg_temp.test_user('alice'));
-select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes') $$, '42501', null,
-  'authenticated cannot define rules');
-select pg_temp.act_as_owner();
 
 select * from finish();
 rollback;
