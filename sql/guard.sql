@@ -85,38 +85,30 @@ insert into pgshield.guard_options (id) values (true) on conflict (id) do nothin
 
 -- The rate limit headers of a policy decision, as one JSON object of header
 -- name -> value (the IETF httpapi draft's RateLimit-Policy and RateLimit, and
--- Retry-After on a denial that can succeed later).
+-- Retry-After on a denial that can succeed later). One pass over the windows.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.guard_headers(p_res public.rate_limit_check_result, p_now timestamptz)
 returns jsonb
-language plpgsql stable
+language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_unit text := case when p_res.unit = 'requests' then ';qu="requests"' else '' end;
-  v_bind text;
-  v_headers jsonb;
-begin
-  select coalesce(
-           (select w ->> 'name' from jsonb_array_elements(p_res.windows) w
-             where (w ->> 'limit')::integer = p_res."limit"
-               and (w ->> 'reset_at')::timestamptz = p_res.reset_at
-             limit 1),
-           p_res.windows -> 0 ->> 'name')
-    into v_bind;
-  v_headers := jsonb_build_object(
-    'RateLimit-Policy',
-    (select string_agg(format('"%s-%s";q=%s;w=%s%s', p_res.policy, w ->> 'name', w ->> 'limit',
-                              w ->> 'window_seconds', v_unit), ', ')
-       from jsonb_array_elements(p_res.windows) w),
-    'RateLimit',
-    format('"%s-%s";r=%s;t=%s', p_res.policy, v_bind, p_res.remaining,
-           greatest(ceil(extract(epoch from p_res.reset_at - p_now)), 0)::bigint));
-  if not p_res.allowed and p_res.retry_after_ms > 0 then
-    v_headers := v_headers || jsonb_build_object('Retry-After', ceil(p_res.retry_after_ms / 1000.0)::bigint::text);
-  end if;
-  return v_headers;
-end
+  select jsonb_build_object(
+           'RateLimit-Policy',
+           string_agg(format('"%s-%s";q=%s;w=%s%s', p_res.policy, w ->> 'name', w ->> 'limit',
+                             w ->> 'window_seconds',
+                             case when p_res.unit = 'requests' then ';qu="requests"' else '' end), ', '),
+           'RateLimit',
+           format('"%s-%s";r=%s;t=%s', p_res.policy,
+                  coalesce((array_agg(w ->> 'name')
+                              filter (where (w ->> 'limit')::integer = p_res."limit"
+                                        and (w ->> 'reset_at')::timestamptz = p_res.reset_at))[1],
+                           (array_agg(w ->> 'name'))[1]),
+                  p_res.remaining,
+                  greatest(ceil(extract(epoch from p_res.reset_at - p_now)), 0)::bigint))
+         || case when not p_res.allowed and p_res.retry_after_ms > 0
+                 then jsonb_build_object('Retry-After', ceil(p_res.retry_after_ms / 1000.0)::bigint::text)
+                 else '{}'::jsonb end
+    from jsonb_array_elements(p_res.windows) w
 $$;
 
 revoke all on function pgshield.guard_headers(public.rate_limit_check_result, timestamptz)
@@ -145,7 +137,8 @@ grant execute on function pgshield.guard_chained_function() to anon, authenticat
 -- entry) for anon, 'service_role' for service_role. Read-only transactions
 -- are checked, not counted. Allowed: the rate limit headers are appended to
 -- response.headers (what the project's hook set stays). Denied: SQLSTATE
--- PGRST, which PostgREST turns into HTTP 429 with the headers.
+-- PGRST, which PostgREST turns into HTTP 429 with the headers. The rule, its
+-- policy and the options are one read.
 -- Callers: request_guard (anon, authenticated, service_role).
 -- Errors: PGRST (429) when the quota is used up.
 create or replace function pgshield.request_guard_decide() returns void
@@ -153,10 +146,9 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_role text := pgshield.caller_role();
+  v_role text := current_setting('role');
   v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
   v_path text := coalesce(nullif(current_setting('request.path', true), ''), '/');
-  v_headers_on boolean;
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;
@@ -164,9 +156,13 @@ declare
   v_headers jsonb;
   v_sent jsonb;
 begin
-  select r.cost, p as policy into v_rule
+  if v_role = 'none' then
+    v_role := session_user;
+  end if;
+  select r.cost, p as policy, o.allowed_headers into v_rule
     from pgshield.guard_rules r
     left join pgshield.rate_limit_policies p on p.name = r.policy
+    left join pgshield.guard_options o on o.id
    where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
      and (r.method = '*' or r.method = v_method)
      and v_path like r.path_like
@@ -184,20 +180,19 @@ begin
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
     case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
   if v_res.allowed then
-    select o.allowed_headers into v_headers_on from pgshield.guard_options o where o.id;
-    if not coalesce(v_headers_on, true) then
+    if not coalesce(v_rule.allowed_headers, true) then
       return;
     end if;
-  end if;
-  v_headers := pgshield.guard_headers(v_res, pgshield.now());
-  if v_res.allowed then
+    v_headers := pgshield.guard_headers(v_res, pgshield.now());
     v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     perform set_config('response.headers',
       (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end
-       || (select jsonb_agg(jsonb_build_object(h.key, h.value)) from jsonb_each_text(v_headers) h))::text,
+       || jsonb_build_array(jsonb_build_object('RateLimit', v_headers -> 'RateLimit'),
+                            jsonb_build_object('RateLimit-Policy', v_headers -> 'RateLimit-Policy')))::text,
       true);
     return;
   end if;
+  v_headers := pgshield.guard_headers(v_res, pgshield.now());
   raise sqlstate 'PGRST' using
     message = jsonb_build_object(
       'code', 'PT429',

@@ -545,9 +545,11 @@ begin
       hint = format('got %L', p_algorithm);
   end if;
 
-  -- The one clock reading of this decision. For fixed_window (the common
-  -- case, tested first) the upsert itself does the window arithmetic.
-  v_now := pgshield.now();
+  -- The one clock reading of this decision (pgshield.now(), written out:
+  -- a call less on the hot path). For fixed_window (the common case, tested
+  -- first) the upsert itself does the window arithmetic.
+  v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                    clock_timestamp());
 
   if p_algorithm = 'fixed_window' and p_cost <= p_limit then
     insert into pgshield.rate_limit_state as s
@@ -914,15 +916,20 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 -- Decides, peeks or records usage for one subject under one policy, over all
 -- windows of the subject's tier at once (its assigned tier when the policy
 -- defines windows for it, else the policy's default tier).
---   p_mode 'check': consume p_cost in every window or in none. A first read
---     without locks answers most denials without touching a row (a client
---     hammering past its limit costs one index read per call); otherwise the
---     rows are locked in window order (missing ones inserted empty, by the
---     same statement and in the same order, so concurrent calls cannot
---     deadlock), decided again on the locked state, then all updated.
+--   p_mode 'check': consume p_cost in every window or in none. One plain
+--     read (tier, windows, their state and the clock in one statement)
+--     decides. A denial writes nothing. An allowed call writes every window
+--     in one upsert that only changes a row still holding the state that was
+--     read (compare and set); missing rows are inserted by the same statement,
+--     in window order, so concurrent calls cannot deadlock. When some row had
+--     moved, that statement has locked every window's row anyway (ON CONFLICT
+--     DO UPDATE locks the rows it does not change): the call is decided again
+--     on the locked state, taking the rows it already wrote at the state it
+--     read, and every row is written to the outcome.
 --   p_mode 'peek':  the same decision from the plain read; nothing written.
 --   p_mode 'usage': apply p_cost (negative refunds) to every window regardless
---     of the limits; the result then describes a request of cost 1.
+--     of the limits (under the same lock as the retry above); the result then
+--     describes a request of cost 1.
 -- Callers: pack functions. Errors: 22023 when the tier has no windows.
 create or replace function pgshield.rate_limit_decide(
   p_policy pgshield.rate_limit_policies,
@@ -946,25 +953,18 @@ declare
   v_count bigint[];
   v_prev bigint[];
   v_tat numeric[];
-  v_alg2 text[];
-  v_start2 timestamptz[];
-  v_count2 bigint[];
-  v_prev2 bigint[];
-  v_tat2 numeric[];
+  v_wrote integer[];
   v_e pgshield.rate_limit_eval;
   v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
   v_all_fit boolean := true;
-  v_moved boolean := false;
+  v_rows integer := 0;
   v_res public.rate_limit_check_result;
   v_bind integer;
   v_remaining integer;
   v_windows jsonb := '[]'::jsonb;
   v_violated text[] := array[]::text[];
 begin
-  v_now := pgshield.now();
-  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
-
-  -- Tier, windows and a plain read of their state, in one statement.
+  -- Tier, windows, a plain read of their state and the clock, in one statement.
   select t.tier,
          array_agg(w.window_seconds order by w.window_seconds),
          array_agg(w.limit_value order by w.window_seconds),
@@ -973,8 +973,10 @@ begin
          array_agg(s.window_start order by w.window_seconds),
          array_agg(coalesce(s.count, 0) order by w.window_seconds),
          array_agg(coalesce(s.prev_count, 0) order by w.window_seconds),
-         array_agg(s.tat order by w.window_seconds)
-    into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat
+         array_agg(s.tat order by w.window_seconds),
+         coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                  clock_timestamp())
+    into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat, v_now
     from (select coalesce(
                    (select st.tier from pgshield.rate_limit_subject_tiers st
                      where st.subject = p_subject
@@ -991,56 +993,75 @@ begin
                        p_policy.name, p_policy.default_tier);
   end if;
   v_n := array_length(v_ws, 1);
+  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
 
-  for v_i in 1 .. v_n loop
-    v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
-      v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], p_mode = 'usage');
-    v_evals := v_evals || v_e;
-    v_all_fit := v_all_fit and v_e.fits;
-  end loop;
+  if p_mode <> 'usage' then
+    for v_i in 1 .. v_n loop
+      v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
+        v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], false);
+      v_evals := v_evals || v_e;
+      v_all_fit := v_all_fit and v_e.fits;
+    end loop;
+  end if;
 
-  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit) then
-    -- Lock every window's row in window order; missing rows are inserted
-    -- empty by the same statement.
-    insert into pgshield.rate_limit_state as s
-      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    select p_subject, p_policy.name, u.ws, p_policy.algorithm, u.lim, null, 0, 0, null,
-           v_now + u.ws * interval '1 second'
-      from unnest(v_ws, v_lim) as u(ws, lim)
-     order by u.ws
-    on conflict (key, policy, window_seconds) do update set count = s.count where false;
+  if p_mode = 'check' and v_all_fit then
+    -- Compare and set: a row is changed only if it still holds what was read.
+    with written as (
+      insert into pgshield.rate_limit_state as s
+        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+      select p_subject, p_policy.name, v_ws[u.ord], p_policy.algorithm, v_lim[u.ord], u.window_start,
+             u.count, u.prev_count, u.tat, greatest(u.reset_at, v_now)
+        from unnest(v_evals) with ordinality
+               as u(fits, window_start, count, prev_count, tat, remaining, used, reset_at, retry_after_ms, ord)
+       order by u.ord
+      on conflict (key, policy, window_seconds) do update
+         set algorithm = excluded.algorithm,
+             limit_value = excluded.limit_value,
+             window_start = excluded.window_start,
+             count = excluded.count,
+             prev_count = excluded.prev_count,
+             tat = excluded.tat,
+             expires_at = excluded.expires_at
+       where s.algorithm = v_alg[array_position(v_ws, s.window_seconds)]
+         and s.window_start is not distinct from v_start[array_position(v_ws, s.window_seconds)]
+         and s.count = v_count[array_position(v_ws, s.window_seconds)]
+         and s.prev_count = v_prev[array_position(v_ws, s.window_seconds)]
+         and s.tat is not distinct from v_tat[array_position(v_ws, s.window_seconds)]
+      returning s.window_seconds)
+    select count(*), array_agg(window_seconds) into v_rows, v_wrote from written;
+  end if;
 
-    select array_agg(s.algorithm order by u.ord), array_agg(s.window_start order by u.ord),
-           array_agg(s.count order by u.ord), array_agg(s.prev_count order by u.ord),
-           array_agg(s.tat order by u.ord)
-      into v_alg2, v_start2, v_count2, v_prev2, v_tat2
+  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and v_rows < v_n) then
+    if p_mode = 'usage' then
+      -- Lock every window's row in window order; missing rows are inserted
+      -- empty by the same statement (an empty row reads as no row).
+      insert into pgshield.rate_limit_state as s
+        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+      select p_subject, p_policy.name, u.ws, p_policy.algorithm, u.lim, null, 0, 0, null,
+             v_now + u.ws * interval '1 second'
+        from unnest(v_ws, v_lim) as u(ws, lim)
+       order by u.ws
+      on conflict (key, policy, window_seconds) do update set count = s.count where false;
+    end if;
+    -- Every row is locked now. A row the upsert above wrote held the state
+    -- read first (or none); the others are read again.
+    select array_agg(case when u.ws = any(v_wrote) then v_alg[u.ord] else s.algorithm end order by u.ord),
+           array_agg(case when u.ws = any(v_wrote) then v_start[u.ord] else s.window_start end order by u.ord),
+           array_agg(case when u.ws = any(v_wrote) then v_count[u.ord] else s.count end order by u.ord),
+           array_agg(case when u.ws = any(v_wrote) then v_prev[u.ord] else s.prev_count end order by u.ord),
+           array_agg(case when u.ws = any(v_wrote) then v_tat[u.ord] else s.tat end order by u.ord)
+      into v_alg, v_start, v_count, v_prev, v_tat
       from unnest(v_ws) with ordinality as u(ws, ord)
       join pgshield.rate_limit_state s
         on s.key = p_subject and s.policy = p_policy.name and s.window_seconds = u.ws;
-
-    -- Decide again only if the state moved since the plain read (an empty
-    -- row just inserted reads the same as no row).
+    v_evals := array[]::pgshield.rate_limit_eval[];
+    v_all_fit := true;
     for v_i in 1 .. v_n loop
-      if not (v_alg[v_i] is null and v_count2[v_i] = 0 and v_prev2[v_i] = 0
-              and v_start2[v_i] is null and v_tat2[v_i] is null)
-         and (v_alg2[v_i] is distinct from v_alg[v_i] or v_start2[v_i] is distinct from v_start[v_i]
-              or v_count2[v_i] <> v_count[v_i] or v_prev2[v_i] <> v_prev[v_i]
-              or v_tat2[v_i] is distinct from v_tat[v_i]) then
-        v_moved := true;
-      end if;
+      v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
+        v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], p_mode = 'usage');
+      v_evals := v_evals || v_e;
+      v_all_fit := v_all_fit and v_e.fits;
     end loop;
-    if v_moved then
-      v_alg := v_alg2; v_start := v_start2; v_count := v_count2; v_prev := v_prev2; v_tat := v_tat2;
-      v_evals := array[]::pgshield.rate_limit_eval[];
-      v_all_fit := true;
-      for v_i in 1 .. v_n loop
-        v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
-          v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], p_mode = 'usage');
-        v_evals := v_evals || v_e;
-        v_all_fit := v_all_fit and v_e.fits;
-      end loop;
-    end if;
-
     if p_mode = 'usage' or v_all_fit then
       update pgshield.rate_limit_state s
          set algorithm = p_policy.algorithm,
@@ -1053,6 +1074,18 @@ begin
         from unnest(v_evals) with ordinality
                as u(fits, window_start, count, prev_count, tat, remaining, used, reset_at, retry_after_ms, ord)
        where s.key = p_subject and s.policy = p_policy.name and s.window_seconds = v_ws[u.ord];
+    elsif v_wrote is not null then
+      -- Denied after all: the rows the upsert wrote get back the state they
+      -- held (none: an empty row, which reads as no row).
+      update pgshield.rate_limit_state s
+         set algorithm = coalesce(v_alg[u.ord], p_policy.algorithm),
+             window_start = v_start[u.ord],
+             count = v_count[u.ord],
+             prev_count = v_prev[u.ord],
+             tat = v_tat[u.ord]
+        from unnest(v_ws) with ordinality as u(ws, ord)
+       where s.key = p_subject and s.policy = p_policy.name and s.window_seconds = u.ws
+         and u.ws = any(v_wrote);
     end if;
   end if;
 
@@ -1163,6 +1196,10 @@ revoke all on function pgshield.rate_limit_cost(text, integer, text) from public
 -- that may not use a policy learns nothing about its endpoints either. With
 -- p_peek nothing is consumed or counted. The logic behind check_rate_limit
 -- and peek_check_rate_limit, which run as the invoker in public.
+-- authenticated and service_role callers without an endpoint take a path
+-- with no nested calls (the same checks in the same order, written out);
+-- everything else goes through rate_limit_policy, rate_limit_subject and
+-- rate_limit_cost.
 -- Callers: anon, authenticated, service_role (through those entry points).
 -- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed.
 create or replace function pgshield.rate_limit_check(
@@ -1172,10 +1209,42 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_policy pgshield.rate_limit_policies := pgshield.rate_limit_policy(p_policy);
-  v_subject text := pgshield.rate_limit_subject(v_policy, p_subject);
+  v_role text := current_setting('role');
+  v_policy pgshield.rate_limit_policies;
+  v_uid uuid;
 begin
-  return pgshield.rate_limit_decide(v_policy, v_subject, pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint),
+  if p_endpoint is null and v_role in ('authenticated', 'service_role') then
+    select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
+    if v_policy.name is null then
+      perform pgshield.rate_limit_policy(p_policy);  -- raises its 22023
+    end if;
+    if p_subject is not null and length(p_subject) not between 1 and 256 then
+      raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+    end if;
+    if v_role = 'authenticated' then
+      v_uid := auth.uid();
+      if v_uid is null then
+        raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
+      end if;
+      if p_subject is not null and p_subject <> v_uid::text then
+        raise exception using errcode = '42501',
+          message = 'p_subject is only honoured for service_role',
+          hint = 'authenticated callers are always limited as themselves: omit p_subject';
+      end if;
+      p_subject := v_uid::text;
+    elsif p_subject is null then
+      raise exception using errcode = '22023', message = 'p_subject is required for trusted callers',
+        hint = 'pass the user id or API key to limit';
+    end if;
+    if p_cost is null or p_cost < 1 then
+      raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+    end if;
+    return pgshield.rate_limit_decide(v_policy, p_subject, p_cost,
+                                      case when p_peek then 'peek' else 'check' end);
+  end if;
+  v_policy := pgshield.rate_limit_policy(p_policy);
+  return pgshield.rate_limit_decide(v_policy, pgshield.rate_limit_subject(v_policy, p_subject),
+                                    pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint),
                                     case when p_peek then 'peek' else 'check' end);
 end
 $$;

@@ -104,10 +104,10 @@ grant all on schema auth to supabase_postgres;
 grant all on table auth.users to supabase_postgres;
 
 -- The claims of the current request, as PostgREST sets them; an empty or
--- missing setting means no claims.
+-- missing setting means no claims. Like Supabase's own, these have no SET
+-- clause, so the planner inlines them into the query that calls them.
 create or replace function auth.jwt() returns jsonb
 language sql stable
-set search_path = pg_catalog, pg_temp
 as $$
   select coalesce(
     nullif(current_setting('request.jwt.claim', true), ''),
@@ -117,7 +117,6 @@ $$;
 
 create or replace function auth.uid() returns uuid
 language sql stable
-set search_path = pg_catalog, pg_temp
 as $$
   select coalesce(
     nullif(current_setting('request.jwt.claim.sub', true), ''),
@@ -127,7 +126,6 @@ $$;
 
 create or replace function auth.role() returns text
 language sql stable
-set search_path = pg_catalog, pg_temp
 as $$
   select coalesce(
     nullif(current_setting('request.jwt.claim.role', true), ''),

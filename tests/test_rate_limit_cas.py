@@ -1,0 +1,118 @@
+"""The compare-and-set write of a policy check, when a window's row moves under it.
+
+check_rate_limit decides from one plain read, then writes every window in one upsert that only
+changes rows still holding what was read. Here a second connection holds one window's row
+locked while the check runs, changes it and commits: the check's upsert has then written the
+other windows but not that one, so it must decide again on the locked state, counting the rows
+it wrote at the state it read. Both outcomes are tested with exact counts: the moved row still
+leaves room (every window is counted once), and the moved row is full (denied, and the windows
+already written get back exactly what they held).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+POLICY = "pgshield_t_cas"
+SUBJECT = "pgshield_t_cas_subject"
+WINDOWS = (60, 3600, 86400)
+
+
+def connect(db: str) -> psycopg.Connection:
+    return psycopg.connect(db, autocommit=True, prepare_threshold=None)
+
+
+def counts(conn: psycopg.Connection) -> dict[int, int]:
+    rows = conn.execute(
+        "select window_seconds, count from pgshield.rate_limit_state"
+        " where key = %s and policy = %s",
+        (SUBJECT, POLICY),
+    ).fetchall()
+    return {w: n for w, n in rows}
+
+
+def check_while_hour_row_moves(
+    db: str, conn: psycopg.Connection, hour_count_after: int
+) -> tuple[bool, list[str]]:
+    """Run one check of cost 2 while another transaction sets the hour row's count."""
+    result: dict[str, object] = {}
+    with connect(db) as holder:
+        holder.execute("begin")
+        holder.execute(
+            "select 1 from pgshield.rate_limit_state"
+            " where key = %s and policy = %s and window_seconds = 3600 for update",
+            (SUBJECT, POLICY),
+        )
+
+        def check() -> None:
+            with connect(db) as c:
+                row = c.execute(
+                    "select allowed, violated from public.check_rate_limit(%s, 2, null, %s)",
+                    (POLICY, SUBJECT),
+                ).fetchone()
+                result["row"] = row
+
+        worker = threading.Thread(target=check)
+        worker.start()
+        # Wait until the check is blocked on the held row (its upsert got there). Polled from
+        # another connection: inside the holder's transaction pg_stat_activity is a snapshot.
+        for _ in range(1500):
+            waiting = conn.execute(
+                "select count(*) from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like '%%check_rate_limit%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the check never waited for the held row")
+        holder.execute(
+            "update pgshield.rate_limit_state set count = %s"
+            " where key = %s and policy = %s and window_seconds = 3600",
+            (hour_count_after, SUBJECT, POLICY),
+        )
+        holder.execute("commit")
+        worker.join(30)
+        assert not worker.is_alive()
+    allowed, violated = result["row"]  # type: ignore[misc]
+    return allowed, violated
+
+
+@pytest.fixture
+def policy(conn: psycopg.Connection) -> None:
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    conn.execute(
+        "select public.define_rate_limit_policy(%s, %s::jsonb, 'fixed_window')",
+        (POLICY, '{"free": {"60": 100, "3600": 10, "86400": 100}}'),
+    )
+    # Every window has a row: 3 consumed in each.
+    conn.execute("select public.check_rate_limit(%s, 3, null, %s)", (POLICY, SUBJECT))
+    assert counts(conn) == {60: 3, 3600: 3, 86400: 3}
+
+
+@pytest.mark.usefixtures("policy")
+def test_a_moved_row_with_room_is_counted_once_in_every_window(
+    db: str, conn: psycopg.Connection
+) -> None:
+    allowed, violated = check_while_hour_row_moves(db, conn, hour_count_after=5)
+    assert (allowed, violated) == (True, [])
+    # minute and day: 3 + 2 (written by the upsert, not again by the retry); hour: 5 + 2.
+    assert counts(conn) == {60: 5, 3600: 7, 86400: 5}
+
+
+@pytest.mark.usefixtures("policy")
+def test_a_moved_row_that_is_full_denies_and_restores_the_other_windows(
+    db: str, conn: psycopg.Connection
+) -> None:
+    allowed, violated = check_while_hour_row_moves(db, conn, hour_count_after=9)
+    assert (allowed, violated) == (False, ["hour"])
+    # Nothing consumed: minute and day hold what they held, hour what the other transaction set.
+    assert counts(conn) == {60: 3, 3600: 9, 86400: 3}
+    allowed_n, denied_n = conn.execute(
+        "select allowed, denied from pgshield.rate_limit_counters where policy = %s", (POLICY,)
+    ).fetchone()  # type: ignore[misc]
+    assert (allowed_n, denied_n) == (1, 1)
