@@ -11,7 +11,10 @@
 -- endpoint run the policy, subject and cost checks inline (same checks, same
 -- order, same errors) instead of through three nested functions.
 -- increment_rate_limit reads pgshield.clock itself (what pgshield.now()
--- does) instead of calling it: one call less on the hot path.
+-- does) instead of calling it; for fixed_window that reading is part of the
+-- upsert (one statement per decision). A fixed window refused at that reading
+-- is explained at a later one; when it fits there (the window rolled over in
+-- between, with the row locked), the call is decided again.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -48,6 +51,7 @@ declare
   v_res public.rate_limit_result;
   v_row record;
   v_e pgshield.rate_limit_eval;
+  v_retries integer := 0;
 begin
   -- One test for every argument; which one is wrong is worked out only on
   -- the slow path, in the order the parameters are declared.
@@ -71,163 +75,173 @@ begin
       hint = format('got %L', p_algorithm);
   end if;
 
-  -- The one clock reading of this decision (pgshield.now(), written out:
-  -- a call less on the hot path). For fixed_window (the common case, tested
-  -- first) the upsert itself does the window arithmetic.
-  v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
-                    clock_timestamp());
-
-  if p_algorithm = 'fixed_window' and p_cost <= p_limit then
-    insert into pgshield.rate_limit_state as s
-      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'fixed_window', p_limit,
-            date_bin(p_window_seconds * interval '1 second', v_now, timestamptz '1970-01-01 00:00:00+00'),
-            p_cost, 0, null,
-            date_bin(p_window_seconds * interval '1 second', v_now, timestamptz '1970-01-01 00:00:00+00')
-            + p_window_seconds * interval '1 second')
-    -- A row already in a newer window (this call read the clock, then waited
-    -- for the lock while the window rolled over) keeps that window, and the
-    -- call is counted in it: windows only move forward.
-    on conflict (key, policy, window_seconds) do update
-       set algorithm = excluded.algorithm,
-           limit_value = excluded.limit_value,
-           window_start = case when s.algorithm = excluded.algorithm
+  -- For fixed_window (the common case, tested first) the upsert itself
+  -- reads the clock (pgshield.now(), written out) and does the window
+  -- arithmetic: one statement. The other paths read the clock first.
+  <<decide>>
+  loop
+    if p_algorithm = 'fixed_window' and p_cost <= p_limit then
+      insert into pgshield.rate_limit_state as s
+        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+      select p_key, '', p_window_seconds, 'fixed_window', p_limit, n.ws, p_cost, 0, null,
+             n.ws + p_window_seconds * interval '1 second'
+        from (select date_bin(p_window_seconds * interval '1 second',
+                              coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                          from pgshield.clock c), clock_timestamp()),
+                              timestamptz '1970-01-01 00:00:00+00') as ws) n
+      -- A row already in a newer window (this call read the clock, then waited
+      -- for the lock while the window rolled over) keeps that window, and the
+      -- call is counted in it: windows only move forward.
+      on conflict (key, policy, window_seconds) do update
+         set algorithm = excluded.algorithm,
+             limit_value = excluded.limit_value,
+             window_start = case when s.algorithm = excluded.algorithm
+                                  and s.window_start > excluded.window_start
+                                 then s.window_start else excluded.window_start end,
+             count = excluded.count
+                     + case when s.algorithm = excluded.algorithm
+                             and s.window_start >= excluded.window_start then s.count else 0 end,
+             prev_count = 0,
+             tat = null,
+             expires_at = case when s.algorithm = excluded.algorithm
                                 and s.window_start > excluded.window_start
-                               then s.window_start else excluded.window_start end,
-           count = excluded.count
-                   + case when s.algorithm = excluded.algorithm
-                           and s.window_start >= excluded.window_start then s.count else 0 end,
-           prev_count = 0,
-           tat = null,
-           expires_at = case when s.algorithm = excluded.algorithm
-                              and s.window_start > excluded.window_start
-                             then s.window_start + p_window_seconds * interval '1 second'
-                             else excluded.expires_at end
-     where excluded.count
-           + case when s.algorithm = excluded.algorithm
-                   and s.window_start >= excluded.window_start then s.count else 0 end
-           <= excluded.limit_value
-    -- RETURNING runs only for a row that was written, i.e. an allowed
-    -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
-    -- hands back the finished result. Same in the two branches below.
-    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
-              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-              p_key, p_algorithm, p_window_seconds, p_cost
-      into v_res;
-    if found then
-      return v_res;
+                               then s.window_start + p_window_seconds * interval '1 second'
+                               else excluded.expires_at end
+       where excluded.count
+             + case when s.algorithm = excluded.algorithm
+                     and s.window_start >= excluded.window_start then s.count else 0 end
+             <= excluded.limit_value
+      -- RETURNING runs only for a row that was written, i.e. an allowed
+      -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
+      -- hands back the finished result. Same in the two branches below.
+      returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+                p_key, p_algorithm, p_window_seconds, p_cost
+        into v_res;
+      if found then
+        return v_res;
+      end if;
     end if;
-  end if;
-  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
-  if p_algorithm = 'fixed_window' or p_cost > p_limit then
-    null;  -- denied, or can never fit: answered below without touching the row
-  elsif p_algorithm = 'sliding_window' then
-    v_w := p_window_seconds::bigint * 1000000;
-    v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
-    v_start_ts := v_now - v_elapsed * interval '1 microsecond';
-    v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
-    insert into pgshield.rate_limit_state as s
-      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
-            v_start_ts + 2 * v_w * interval '1 microsecond')
-    -- A row already in a newer window keeps it, and the call is judged at
-    -- that window's start (elapsed 0: the previous window weighs fully).
-    on conflict (key, policy, window_seconds) do update
-       set algorithm = excluded.algorithm,
-           limit_value = excluded.limit_value,
-           window_start = case when s.algorithm = excluded.algorithm
+    v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                      clock_timestamp());
+    v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+    if p_algorithm = 'fixed_window' or p_cost > p_limit then
+      null;  -- denied, or can never fit: answered below without touching the row
+    elsif p_algorithm = 'sliding_window' then
+      v_w := p_window_seconds::bigint * 1000000;
+      v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
+      v_start_ts := v_now - v_elapsed * interval '1 microsecond';
+      v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
+      insert into pgshield.rate_limit_state as s
+        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+      values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
+              v_start_ts + 2 * v_w * interval '1 microsecond')
+      -- A row already in a newer window keeps it, and the call is judged at
+      -- that window's start (elapsed 0: the previous window weighs fully).
+      on conflict (key, policy, window_seconds) do update
+         set algorithm = excluded.algorithm,
+             limit_value = excluded.limit_value,
+             window_start = case when s.algorithm = excluded.algorithm
+                                  and s.window_start > excluded.window_start
+                                 then s.window_start else excluded.window_start end,
+             count = excluded.count
+                     + case when s.algorithm = excluded.algorithm
+                             and s.window_start >= excluded.window_start then s.count else 0 end,
+             prev_count = case when s.algorithm <> excluded.algorithm then 0
+                               when s.window_start >= excluded.window_start then s.prev_count
+                               when s.window_start = v_prev_ts then s.count
+                               else 0 end,
+             tat = null,
+             expires_at = case when s.algorithm = excluded.algorithm
                                 and s.window_start > excluded.window_start
-                               then s.window_start else excluded.window_start end,
-           count = excluded.count
-                   + case when s.algorithm = excluded.algorithm
-                           and s.window_start >= excluded.window_start then s.count else 0 end,
-           prev_count = case when s.algorithm <> excluded.algorithm then 0
-                             when s.window_start >= excluded.window_start then s.prev_count
-                             when s.window_start = v_prev_ts then s.count
-                             else 0 end,
-           tat = null,
-           expires_at = case when s.algorithm = excluded.algorithm
-                              and s.window_start > excluded.window_start
-                             then s.window_start + 2 * v_w * interval '1 microsecond'
-                             else excluded.expires_at end
-     where (case when s.algorithm <> excluded.algorithm then 0
-                 when s.window_start >= excluded.window_start then s.prev_count
-                 when s.window_start = v_prev_ts then s.count
-                 else 0 end)::numeric
-           * (v_w - case when s.algorithm = excluded.algorithm
-                          and s.window_start > excluded.window_start then 0 else v_elapsed end)
-           + (excluded.count
-              + case when s.algorithm = excluded.algorithm
-                      and s.window_start >= excluded.window_start then s.count else 0 end
-             )::numeric * v_w
-           <= excluded.limit_value::numeric * v_w
-    returning true, p_limit,
-              least(greatest(div(p_limit::numeric * v_w
-                                 - s.prev_count::numeric
-                                   * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
-                                 - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
-              s.expires_at,
-              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-              p_key, p_algorithm, p_window_seconds, p_cost
-      into v_res;
-    if found then
-      return v_res;
+                               then s.window_start + 2 * v_w * interval '1 microsecond'
+                               else excluded.expires_at end
+       where (case when s.algorithm <> excluded.algorithm then 0
+                   when s.window_start >= excluded.window_start then s.prev_count
+                   when s.window_start = v_prev_ts then s.count
+                   else 0 end)::numeric
+             * (v_w - case when s.algorithm = excluded.algorithm
+                            and s.window_start > excluded.window_start then 0 else v_elapsed end)
+             + (excluded.count
+                + case when s.algorithm = excluded.algorithm
+                        and s.window_start >= excluded.window_start then s.count else 0 end
+               )::numeric * v_w
+             <= excluded.limit_value::numeric * v_w
+      returning true, p_limit,
+                least(greatest(div(p_limit::numeric * v_w
+                                   - s.prev_count::numeric
+                                     * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
+                                   - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
+                s.expires_at,
+                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+                p_key, p_algorithm, p_window_seconds, p_cost
+        into v_res;
+      if found then
+        return v_res;
+      end if;
+    else
+      -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
+      v_w := p_window_seconds::bigint * 1000000;
+      v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
+      -- window_start keeps the time of the last decision; a call that waited
+      -- for the lock behind a later one is judged at that later time.
+      insert into pgshield.rate_limit_state as s
+        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+      values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
+              timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
+      on conflict (key, policy, window_seconds) do update
+         set algorithm = excluded.algorithm,
+             limit_value = excluded.limit_value,
+             window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
+             count = 0,
+             prev_count = 0,
+             tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                            case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                                 then (extract(epoch from s.window_start) * 1000000)::bigint
+                                 else v_now_us end) + p_cost * v_t,
+             expires_at = timestamptz '1970-01-01 00:00:00+00'
+                          + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                                               then (extract(epoch from s.window_start) * 1000000)::bigint
+                                               else v_now_us end)
+                                 + p_cost * v_t) * interval '1 microsecond'
+       where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                      case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                           then (extract(epoch from s.window_start) * 1000000)::bigint
+                           else v_now_us end) + p_cost * v_t
+             - case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                    then (extract(epoch from s.window_start) * 1000000)::bigint
+                    else v_now_us end <= v_w
+      returning true, p_limit,
+                least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
+                               0), p_limit)::integer,
+                s.expires_at,
+                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+                p_key, p_algorithm, p_window_seconds, p_cost
+        into v_res;
+      if found then
+        return v_res;
+      end if;
     end if;
-  else
-    -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
-    v_w := p_window_seconds::bigint * 1000000;
-    v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
-    -- window_start keeps the time of the last decision; a call that waited
-    -- for the lock behind a later one is judged at that later time.
-    insert into pgshield.rate_limit_state as s
-      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
-            timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
-    on conflict (key, policy, window_seconds) do update
-       set algorithm = excluded.algorithm,
-           limit_value = excluded.limit_value,
-           window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
-           count = 0,
-           prev_count = 0,
-           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                               then (extract(epoch from s.window_start) * 1000000)::bigint
-                               else v_now_us end) + p_cost * v_t,
-           expires_at = timestamptz '1970-01-01 00:00:00+00'
-                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                                        case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                                             then (extract(epoch from s.window_start) * 1000000)::bigint
-                                             else v_now_us end)
-                               + p_cost * v_t) * interval '1 microsecond'
-     where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                    case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                         then (extract(epoch from s.window_start) * 1000000)::bigint
-                         else v_now_us end) + p_cost * v_t
-           - case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                  then (extract(epoch from s.window_start) * 1000000)::bigint
-                  else v_now_us end <= v_w
-    returning true, p_limit,
-              least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
-                             0), p_limit)::integer,
-              s.expires_at,
-              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-              p_key, p_algorithm, p_window_seconds, p_cost
-      into v_res;
-    if found then
-      return v_res;
-    end if;
-  end if;
 
-  -- Denied: read the state it was refused on (locked by the upsert above, or
-  -- not locked at all when the cost can never fit) and explain.
-  select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
-    from pgshield.rate_limit_state s
-   where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
-  v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
-    v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
-  perform nextval('pgshield.rate_limit_direct_denied'::regclass);
-  return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
-             p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+    -- Denied: read the state it was refused on (locked by the upsert above, or
+    -- not locked at all when the cost can never fit) and explain.
+    select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
+      from pgshield.rate_limit_state s
+     where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
+    v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
+      v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
+    -- A fixed window refused at the upsert's clock reading that fits at this
+    -- later one has rolled over in between (the row is locked, nothing else
+    -- changed): decide again, now.
+    if v_e.fits and p_algorithm = 'fixed_window' and v_retries < 3 then
+      v_retries := v_retries + 1;
+      continue decide;
+    end if;
+    perform nextval('pgshield.rate_limit_direct_denied'::regclass);
+    return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
+               p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+  end loop decide;
 end
 $$;
 
@@ -286,29 +300,27 @@ declare
   v_windows jsonb := '[]'::jsonb;
   v_violated text[] := array[]::text[];
 begin
-  -- Tier, windows, a plain read of their state and the clock, in one statement.
-  select t.tier,
-         array_agg(w.window_seconds order by w.window_seconds),
-         array_agg(w.limit_value order by w.window_seconds),
-         array_agg(w.name order by w.window_seconds),
-         array_agg(s.algorithm order by w.window_seconds),
-         array_agg(s.window_start order by w.window_seconds),
-         array_agg(coalesce(s.count, 0) order by w.window_seconds),
-         array_agg(coalesce(s.prev_count, 0) order by w.window_seconds),
-         array_agg(s.tat order by w.window_seconds),
+  -- Tier, windows, a plain read of their state and the clock, in one
+  -- statement. The windows come in window order from the primary key (one
+  -- sort of the few rows, not one per array).
+  select min(x.tier), array_agg(x.window_seconds), array_agg(x.limit_value), array_agg(x.name),
+         array_agg(x.algorithm), array_agg(x.window_start), array_agg(x.count), array_agg(x.prev_count),
+         array_agg(x.tat),
          coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                   clock_timestamp())
     into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat, v_now
-    from (select coalesce(
-                   (select st.tier from pgshield.rate_limit_subject_tiers st
-                     where st.subject = p_subject
-                       and exists (select 1 from pgshield.rate_limit_policy_windows w2
-                                    where w2.policy = p_policy.name and w2.tier = st.tier)),
-                   p_policy.default_tier) as tier) t
-    join pgshield.rate_limit_policy_windows w on w.policy = p_policy.name and w.tier = t.tier
-    left join pgshield.rate_limit_state s
-      on s.key = p_subject and s.policy = w.policy and s.window_seconds = w.window_seconds
-   group by t.tier;
+    from (select t.tier, w.window_seconds, w.limit_value, w.name, s.algorithm, s.window_start,
+                 coalesce(s.count, 0) as count, coalesce(s.prev_count, 0) as prev_count, s.tat
+            from (select coalesce(
+                           (select st.tier from pgshield.rate_limit_subject_tiers st
+                             where st.subject = p_subject
+                               and exists (select 1 from pgshield.rate_limit_policy_windows w2
+                                            where w2.policy = p_policy.name and w2.tier = st.tier)),
+                           p_policy.default_tier) as tier) t
+            join pgshield.rate_limit_policy_windows w on w.policy = p_policy.name and w.tier = t.tier
+            left join pgshield.rate_limit_state s
+              on s.key = p_subject and s.policy = w.policy and s.window_seconds = w.window_seconds
+           order by w.window_seconds) x;
   if v_ws is null then
     raise exception using errcode = '22023',
       message = format('p_policy: policy %L has no windows for its default tier %L',

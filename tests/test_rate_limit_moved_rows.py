@@ -1,4 +1,6 @@
-"""The compare-and-set write of a policy check, when a window's row moves under it.
+"""Calls that wait for a row while it moves under them: the row changes, or the window ends.
+
+A compare-and-set write of a policy check, when a window's row moves under it:
 
 check_rate_limit decides from one plain read, then writes every window in one upsert that only
 changes rows still holding what was read. Here a second connection holds one window's row
@@ -7,6 +9,9 @@ other windows but not that one, so it must decide again on the locked state, cou
 it wrote at the state it read. Both outcomes are tested with exact counts: the moved row still
 leaves room (every window is counted once), and the moved row is full (denied, and the windows
 already written get back exactly what they held).
+
+A fixed-window increment that is refused at its clock reading but whose window ends while it
+waits for the row: it is decided again at the later time, and counted in the new window.
 """
 
 from __future__ import annotations
@@ -116,3 +121,53 @@ def test_a_moved_row_that_is_full_denies_and_restores_the_other_windows(
         "select allowed, denied from pgshield.rate_limit_counters where policy = %s", (POLICY,)
     ).fetchone()  # type: ignore[misc]
     assert (allowed_n, denied_n) == (1, 1)
+
+
+def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
+    db: str, conn: psycopg.Connection
+) -> None:
+    key, limit = "pgshield_t_rollover", 3
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    for _ in range(limit):
+        conn.execute("select public.increment_rate_limit(%s, %s, 60)", (key, limit))
+    result: dict[str, object] = {}
+    with connect(db) as holder:
+        holder.execute("begin")
+        holder.execute(
+            "select 1 from pgshield.rate_limit_state where key = %s and policy = '' for update",
+            (key,),
+        )
+
+        def increment() -> None:
+            with connect(db) as c:
+                result["row"] = c.execute(
+                    "select allowed, reset_at, remaining"
+                    " from public.increment_rate_limit(%s, %s, 60)",
+                    (key, limit),
+                ).fetchone()
+
+        worker = threading.Thread(target=increment)
+        worker.start()
+        for _ in range(1500):
+            waiting = conn.execute(
+                "select count(*) from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like '%%increment_rate_limit%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the increment never waited for the held row")
+        # The window ends while the increment waits (the clock moves in the holder's transaction).
+        holder.execute("select pgshield.advance_clock('60 seconds')")
+        holder.execute("commit")
+        worker.join(30)
+        assert not worker.is_alive()
+    allowed, reset_at, remaining = result["row"]  # type: ignore[misc]
+    assert (allowed, remaining) == (True, limit - 1)
+    assert reset_at.isoformat() == "2030-01-01T00:02:00+00:00"
+    row = conn.execute(
+        "select window_start, count from pgshield.rate_limit_state where key = %s and policy = ''",
+        (key,),
+    ).fetchone()
+    assert row is not None and (row[0].isoformat(), row[1]) == ("2030-01-01T00:01:00+00:00", 1)
