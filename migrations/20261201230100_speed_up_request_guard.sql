@@ -2,7 +2,7 @@
 --
 -- request_guard_decide reads the matching rule, its policy and the guard
 -- options in one statement and reads the role setting itself; guard_headers
--- is one SQL statement over the windows instead of three. Rules, answers,
+-- is one statement over the windows instead of three. Rules, answers,
 -- headers and their order are unchanged.
 
 set local lock_timeout = '5s';
@@ -11,13 +11,17 @@ set local search_path = pg_catalog, pg_temp;
 
 -- The rate limit headers of a policy decision, as one JSON object of header
 -- name -> value (the IETF httpapi draft's RateLimit-Policy and RateLimit, and
--- Retry-After on a denial that can succeed later). One pass over the windows.
+-- Retry-After on a denial that can succeed later). One statement over the
+-- windows (PL/pgSQL keeps its plan; a SQL function would plan it every call).
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.guard_headers(p_res public.rate_limit_check_result, p_now timestamptz)
 returns jsonb
-language sql stable
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_headers jsonb;
+begin
   select jsonb_build_object(
            'RateLimit-Policy',
            string_agg(format('"%s-%s";q=%s;w=%s%s', p_res.policy, w ->> 'name', w ->> 'limit',
@@ -34,7 +38,10 @@ as $$
          || case when not p_res.allowed and p_res.retry_after_ms > 0
                  then jsonb_build_object('Retry-After', ceil(p_res.retry_after_ms / 1000.0)::bigint::text)
                  else '{}'::jsonb end
-    from jsonb_array_elements(p_res.windows) w
+    into v_headers
+    from jsonb_array_elements(p_res.windows) w;
+  return v_headers;
+end
 $$;
 
 revoke all on function pgshield.guard_headers(public.rate_limit_check_result, timestamptz)
