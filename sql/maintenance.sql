@@ -247,8 +247,12 @@ grant execute on function pgshield.maintenance_cleanup(integer, interval) to ser
 -- -------------------------------------------------------------------- run ----
 
 -- Calls every enabled task's cleanup function in batches until it deletes
--- less than a batch or p_time_budget (wall clock) is spent, in task order.
--- Tasks whose function does not exist are skipped; a task that fails is
+-- less than a batch or p_time_budget (wall clock, pauses included) is spent,
+-- in task order. After each batch it pauses for p_pause_ratio times as long
+-- as the batch took (0: back to back; 1: at most half of one CPU), so that
+-- decisions running beside it keep their latency on small machines: a
+-- backend that never yields delays every query that waits behind it on its
+-- core. Tasks whose function does not exist are skipped; a task that fails is
 -- reported (its batches roll back) and the others still run. Everything a run
 -- deletes is deleted in the caller's transaction: a short budget keeps the
 -- deleted rows' locks short. When another run is in progress it returns at
@@ -257,8 +261,8 @@ grant execute on function pgshield.maintenance_cleanup(integer, interval) to ser
 --    "status" (done / more / skipped / failed), "deleted", "batches", "error"}]}
 -- and records it in maintenance_runs, the task rows and maintenance_totals.
 -- Callers: the owner, service_role (pg_cron runs it as the job's owner).
--- Errors: 22023 bad budget; 42501 others.
-create or replace function pgshield.run_maintenance(p_time_budget interval default interval '5 seconds')
+-- Errors: 22023 bad budget or pause ratio; 42501 others.
+create or replace function pgshield.run_maintenance(p_time_budget interval, p_pause_ratio double precision)
 returns jsonb
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -280,11 +284,16 @@ declare
   v_tasks jsonb := '[]'::jsonb;
   v_ms bigint;
   v_result jsonb;
+  v_batch_started timestamptz;
 begin
   perform pgshield.maintenance_check_caller();
   if p_time_budget is null or p_time_budget <= interval '0' or p_time_budget > interval '10 minutes' then
     raise exception using errcode = '22023',
       message = 'p_time_budget must be a positive interval of at most 10 minutes';
+  end if;
+  if p_pause_ratio is null or p_pause_ratio < 0 or p_pause_ratio > 100 or p_pause_ratio = 'NaN' then
+    raise exception using errcode = '22023', message = 'p_pause_ratio must be between 0 and 100',
+      hint = '0 runs the batches back to back; 1 pauses after each batch as long as it took';
   end if;
   v_started := pgshield.now();
   if not pg_try_advisory_xact_lock(7473784373230001) then
@@ -313,6 +322,7 @@ begin
             v_status := 'more';
             exit;
           end if;
+          v_batch_started := clock_timestamp();
           if v_two_args then
             execute v_call into v_n using v_task.batch_size, coalesce(v_task.retention, interval '7 days');
           else
@@ -321,6 +331,10 @@ begin
           v_batches := v_batches + 1;
           v_deleted := v_deleted + coalesce(v_n, 0);
           exit when coalesce(v_n, 0) < v_task.batch_size;
+          if p_pause_ratio > 0 then
+            perform pg_sleep(least(extract(epoch from clock_timestamp() - v_batch_started) * p_pause_ratio,
+                                   greatest(extract(epoch from v_deadline - clock_timestamp()), 0)));
+          end if;
         end loop;
       exception when others then
         v_status := 'failed';
@@ -352,6 +366,24 @@ begin
          last_started_at = v_started, last_duration_ms = v_ms, last_complete = v_complete
    where s.id;
   return v_result;
+end
+$$;
+
+revoke all on function pgshield.run_maintenance(interval, double precision)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.run_maintenance(interval, double precision) to service_role;
+
+-- run_maintenance with the default pause: p_pause_ratio 1 (after each batch,
+-- a pause as long as the batch).
+-- Callers: the owner, service_role (the pg_cron job). Errors: 22023 bad
+-- budget; 42501 others.
+create or replace function pgshield.run_maintenance(p_time_budget interval default interval '5 seconds')
+returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.run_maintenance(p_time_budget, 1);
 end
 $$;
 
@@ -684,10 +716,13 @@ values ('maintenance', 'maintenance', 'pgshield.maintenance_cleanup(integer, int
         interval '7 days', '{pgshield.maintenance_runs}', 100000, 900)
 on conflict (task) do nothing;
 
-insert into pgshield.maintenance_tasks (task, module, cleanup, batch_size, tables, max_rows, position)
-select 'rate_limit', 'rate_limit', 'pgshield.cleanup_expired_rate_limits(integer)', 10000,
-       '{pgshield.rate_limit_state}', 10000000, 10
- where to_regprocedure('pgshield.cleanup_expired_rate_limits(integer)') is not null
+-- Rate limit state: batches of 200 (well under a millisecond each, so the
+-- pauses between them come often), and rows whose window ended less than a
+-- minute ago stay (the retention is cleanup_expired_rate_limits' p_expired_for).
+insert into pgshield.maintenance_tasks (task, module, cleanup, batch_size, retention, tables, max_rows, position)
+select 'rate_limit', 'rate_limit', 'pgshield.cleanup_expired_rate_limits(integer, interval)', 200,
+       interval '1 minute', '{pgshield.rate_limit_state}', 10000000, 10
+ where to_regprocedure('pgshield.cleanup_expired_rate_limits(integer, interval)') is not null
 on conflict (task) do nothing;
 
 insert into pgshield.maintenance_tasks (task, module, cleanup, batch_size, tables, max_rows, position)

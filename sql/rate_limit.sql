@@ -1853,32 +1853,80 @@ grant execute on function public.set_rate_limit_tier(text, text) to service_role
 
 -- ---------------------------------------------------------------- cleanup ----
 
--- Deletes up to p_batch_size rows whose state has expired (equivalent to no
--- row), skipping rows that concurrent decisions hold locked, and returns how
--- many it deleted. Call it in a loop until it returns less than the batch.
+-- Deletes up to p_batch_size rows whose state expired at least p_expired_for
+-- ago (expired state is equivalent to no row), skipping rows that concurrent
+-- decisions hold locked, and returns how many it deleted. Call it in a loop
+-- until it returns less than the batch. Each batch goes on from the page where
+-- this session's previous batch stopped (the custom setting
+-- pgshield.rate_limit_cleanup_block, a hint only) and goes round the whole
+-- table before it reports less than a batch, so no batch reads again the
+-- pages that earlier batches emptied. p_expired_for (the maintenance task's
+-- retention) leaves alone keys whose window has only just ended: such a key
+-- is often decided on again at once, and that decision would wait for the
+-- commit of the cleanup that deleted its row.
+-- Callers: the owner, service_role. Errors: 22023 bad batch size or interval.
+create or replace function pgshield.cleanup_expired_rate_limits(p_batch_size integer, p_expired_for interval)
+returns integer
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_before timestamptz;
+  v_from bigint;
+  v_lo tid;
+  v_hi tid := '(4294967295,65535)';
+  v_count integer := 0;
+  v_n integer;
+  v_block bigint;
+  v_last bigint;
+begin
+  if p_batch_size is null or p_batch_size < 1 then
+    raise exception using errcode = '22023', message = 'p_batch_size must be a positive integer';
+  end if;
+  if p_expired_for is null or p_expired_for < interval '0' then
+    raise exception using errcode = '22023', message = 'p_expired_for must be an interval of zero or more';
+  end if;
+  v_before := pgshield.now() - p_expired_for;
+  v_from := least(coalesce(substring(current_setting('pgshield.rate_limit_cleanup_block', true) from '^[0-9]{1,10}$'),
+                           '0')::bigint, 4294967294);
+  v_lo := format('(%s,0)', v_from)::tid;
+  -- From the hint to the end of the table (a TID range scan), then from the
+  -- start up to the hint; deleted by ctid, which the row lock keeps stable.
+  for v_pass in 1..2 loop
+    exit when v_count >= p_batch_size or v_hi = '(0,0)';
+    with d as (
+      delete from pgshield.rate_limit_state s
+       where s.ctid = any (array(select x.ctid from pgshield.rate_limit_state x
+                                  where x.ctid >= v_lo and x.ctid < v_hi and x.expires_at <= v_before
+                                  limit p_batch_size - v_count
+                                    for update skip locked))
+         and s.expires_at <= v_before
+      returning (s.ctid::text::point)[0]::bigint as block)
+    select count(*)::integer, max(d.block) into v_n, v_block from d;
+    v_count := v_count + v_n;
+    v_last := coalesce(v_block, v_last);
+    v_hi := v_lo;
+    v_lo := '(0,0)';
+  end loop;
+  perform set_config('pgshield.rate_limit_cleanup_block', coalesce(v_last, 0)::text, false);
+  return v_count;
+end
+$$;
+
+revoke all on function pgshield.cleanup_expired_rate_limits(integer, interval)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.cleanup_expired_rate_limits(integer, interval) to service_role;
+
+-- Deletes up to p_batch_size rows whose state has expired, as the function
+-- above with p_expired_for = 0, and returns how many it deleted.
 -- Callers: the owner, service_role. Errors: 22023 bad batch size.
 create or replace function pgshield.cleanup_expired_rate_limits(p_batch_size integer default 10000)
 returns integer
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_now timestamptz := pgshield.now();
-  v_count integer;
 begin
-  if p_batch_size is null or p_batch_size < 1 then
-    raise exception using errcode = '22023', message = 'p_batch_size must be a positive integer';
-  end if;
-  delete from pgshield.rate_limit_state s
-   using (select x.key, x.policy, x.window_seconds
-            from pgshield.rate_limit_state x
-           where x.expires_at <= v_now
-           limit p_batch_size
-             for update skip locked) d
-   where s.key = d.key and s.policy = d.policy and s.window_seconds = d.window_seconds
-     and s.expires_at <= v_now;
-  get diagnostics v_count = row_count;
-  return v_count;
+  return pgshield.cleanup_expired_rate_limits(p_batch_size, interval '0');
 end
 $$;
 

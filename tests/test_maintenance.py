@@ -147,6 +147,10 @@ def test_cli_metrics_and_cron(db: str) -> None:
     assert ("pgshield_maintenance_runs_total", ()) in samples(out.output)
     out = runner.invoke(main, ["cron", "run", "--dsn", db, "--json"])
     assert out.exit_code == 0 and '"complete": true' in out.output, out.output
+    out = runner.invoke(main, ["cron", "run", "--dsn", db, "--pause-ratio", "0", "--json"])
+    assert out.exit_code == 0 and '"complete": true' in out.output, out.output
+    out = runner.invoke(main, ["cron", "run", "--dsn", db, "--pause-ratio", "-1"])
+    assert out.exit_code == 2, out.output
     out = runner.invoke(main, ["cron", "status", "--dsn", db])
     assert out.exit_code == 0 and "rate_limit" in out.output, out.output
     out = runner.invoke(main, ["cron", "install", "--dsn", db])
@@ -228,3 +232,104 @@ def test_cleanup_under_load_loses_no_live_state_and_blocks_no_decision(
         t["batches"] > 1 for r in runs for t in r["tasks"] if t["task"] == "rate_limit"
     )
     assert slowest[0] < 2.0
+
+
+@pytest.mark.slow
+def test_a_decision_on_a_key_whose_window_just_ended_never_waits_for_a_run(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """A run's transaction holds the rows it deleted; keys that expired a moment ago stay.
+
+    A key whose window has just ended is the one that is decided on again at once. The rate
+    limit task leaves rows that expired less than its retention (1 minute) ago, so a decision
+    on such a key goes on while a run is still open; a key that expired long ago is deleted by
+    the run and its next decision waits for the run's commit, and then counts from zero.
+    """
+    conn.execute("select pgshield.set_clock(%s)", (NOW,))
+    conn.execute(
+        "insert into pgshield.rate_limit_state"
+        " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+        " values ('m-just', 60, 'fixed_window', 100, %(now)s - interval '70 seconds', 7,"
+        "         %(now)s - interval '10 seconds'),"
+        "        ('m-old', 60, 'fixed_window', 100, %(now)s - interval '5 minutes', 7,"
+        "         %(now)s - interval '4 minutes'),"
+        "        ('m-live', 60, 'fixed_window', 100, %(now)s, 7, %(now)s + interval '1 minute')",
+        {"now": NOW},
+    )
+    conn.execute(
+        "insert into pgshield.rate_limit_state"
+        " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+        " select 'm-garbage-' || g, 60, 'fixed_window', 10, %(now)s - interval '1 hour', 1,"
+        "        %(now)s - interval '59 minutes' from generate_series(1, 3000) g",
+        {"now": NOW},
+    )
+    with (
+        psycopg.connect(db) as runner,  # not autocommit: the run stays open until commit
+        psycopg.connect(db, autocommit=True) as decider,
+        psycopg.connect(db, autocommit=True) as watcher,
+    ):
+        run = runner.execute("select pgshield.run_maintenance(interval '1 minute', 0)").fetchone()
+        task = next(t for t in run[0]["tasks"] if t["task"] == "rate_limit")  # type: ignore[index]
+        assert (task["status"], task["deleted"]) == ("done", 3001)
+        # Were m-just deleted too, this call would wait for the open run until the timeout.
+        decider.execute("set statement_timeout = '20s'")
+        row = decider.execute(
+            "select allowed, remaining from public.increment_rate_limit('m-just', 100, 60)"
+        ).fetchone()
+        assert row == (True, 99)
+
+        decider_pid = decider.info.backend_pid
+        result: list[tuple] = []
+        thread = threading.Thread(
+            target=lambda: result.append(
+                decider.execute(
+                    "select allowed, remaining from public.increment_rate_limit('m-old', 100, 60)"
+                ).fetchone()
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 15
+        blocked = False
+        while time.monotonic() < deadline and not blocked:
+            blockers = watcher.execute("select pg_blocking_pids(%s)", (decider_pid,)).fetchone()
+            blocked = runner.info.backend_pid in blockers[0]  # type: ignore[index]
+        assert blocked, "a decision on a row the run deleted waits for the run's commit"
+        runner.commit()
+        thread.join(20)
+    assert result == [(True, 99)]
+    left = dict(conn.execute("select key, count from pgshield.rate_limit_state").fetchall())
+    assert left == {"m-just": 1, "m-old": 1, "m-live": 7}
+
+
+@pytest.mark.slow
+def test_a_run_pauses_between_batches(db: str, conn: psycopg.Connection) -> None:
+    """With a pause ratio, the run sleeps after each batch (seen as PgSleep), then finishes."""
+    conn.execute("select pgshield.set_clock(%s)", (NOW,))
+    conn.execute("select pgshield.set_maintenance_task('rate_limit', p_batch_size => 5000)")
+    conn.execute(
+        "insert into pgshield.rate_limit_state"
+        " (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
+        " select 'm-p-' || g, 60, 'fixed_window', 10, %(now)s - interval '1 hour', 1,"
+        "        %(now)s - interval '59 minutes' from generate_series(1, 200000) g",
+        {"now": NOW},
+    )
+    runs: list[dict] = []
+    with psycopg.connect(db, autocommit=True) as runner:
+        pid = runner.info.backend_pid
+
+        def run() -> None:
+            row = runner.execute("select pgshield.run_maintenance(interval '5 minutes', 4)")
+            runs.append(row.fetchone()[0])  # type: ignore[index]
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        waits: set[str] = set()
+        while thread.is_alive() and "PgSleep" not in waits:
+            row = conn.execute(
+                "select wait_event from pg_stat_activity where pid = %s", (pid,)
+            ).fetchone()
+            waits.add(row[0] if row and row[0] else "")
+        thread.join(300)
+    assert "PgSleep" in waits
+    task = next(t for t in runs[0]["tasks"] if t["task"] == "rate_limit")
+    assert (task["status"], task["deleted"], task["batches"]) == ("done", 200000, 41)

@@ -98,15 +98,21 @@ def status(dsn: str | None, runs: int, as_json: bool) -> None:
     show_default=True,
     help="Seconds the run may take.",
 )
+@click.option(
+    "--pause-ratio",
+    type=click.FloatRange(min=0, max=100),
+    default=None,
+    help="Pause after each batch this many times as long as the batch took (default 1).",
+)
 @json_option
 @expected_errors
-def run(dsn: str | None, time_budget: float, as_json: bool) -> None:
+def run(dsn: str | None, time_budget: float, pause_ratio: float | None, as_json: bool) -> None:
     """Run maintenance once now, as the job does.
 
-    Example: pgshield cron run --time-budget 30
+    Example: pgshield cron run --time-budget 30 --pause-ratio 2
     """
     with Shield(resolve_dsn(dsn)) as shield:
-        result = shield.maintenance.run(time_budget=time_budget)
+        result = shield.maintenance.run(time_budget=time_budget, pause_ratio=pause_ratio)
     if as_json:
         emit_json(result)
         return

@@ -26,15 +26,21 @@ class AsyncMaintenance(Namespace):
     """
 
     async def run(
-        self, *, time_budget: Seconds = 5, conn: psycopg.AsyncConnection | None = None
+        self,
+        *,
+        time_budget: Seconds = 5,
+        pause_ratio: float | None = None,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> MaintenanceRun:
         """Run every installed module's cleanup in batches for at most ``time_budget`` seconds.
 
-        What each task deleted comes back per task; a task cut short by the budget has status
-        ``more`` and the next run goes on. Raises InvalidInput for a budget that is not
-        positive or above 10 minutes.
+        After each batch the run pauses ``pause_ratio`` times as long as the batch took (None:
+        the database's default, 1; 0: back to back), so that decisions beside it keep their
+        latency. What each task deleted comes back per task; a task cut short by the budget has
+        status ``more`` and the next run goes on. Raises InvalidInput for a budget that is not
+        positive or above 10 minutes, or a pause ratio outside 0 to 100.
         """
-        return await self._call(run_op(time_budget), conn)
+        return await self._call(run_op(time_budget, pause_ratio), conn)
 
     async def schedule(
         self, schedule: str = "* * * * *", *, conn: psycopg.AsyncConnection | None = None

@@ -24,10 +24,16 @@ def interval(value: Seconds | None) -> dt.timedelta | None:
     return dt.timedelta(seconds=float(value))
 
 
-def run_op(time_budget: Seconds) -> Op[MaintenanceRun]:
+def run_op(time_budget: Seconds, pause_ratio: float | None = None) -> Op[MaintenanceRun]:
+    if pause_ratio is None:  # the SQL default pause
+        return Op(
+            "select pgshield.run_maintenance(%(budget)s::interval) as result",
+            {"budget": interval(time_budget)},
+            lambda rows: parse_run(scalar(rows)),
+        )
     return Op(
-        "select pgshield.run_maintenance(%(budget)s::interval) as result",
-        {"budget": interval(time_budget)},
+        "select pgshield.run_maintenance(%(budget)s::interval, %(ratio)s::float8) as result",
+        {"budget": interval(time_budget), "ratio": pause_ratio},
         lambda rows: parse_run(scalar(rows)),
     )
 
