@@ -13,6 +13,7 @@ BENCHMARKS: list[str] = [
     "bench_teams",
     "bench_release",
     "bench_guard",
+    "bench_instructions",
     "bench_maintenance",
 ]
 

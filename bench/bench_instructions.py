@@ -1,0 +1,141 @@
+"""Server instructions per PostgREST-shaped request, counted by callgrind: load cannot move it.
+
+Throughput on a shared 2-core machine moves with whatever else runs; the number of instructions
+the server executes for one request does not. This benchmark builds the guard benchmark's
+database (bench_guard.prepare), stops the server and replays the same request shape in
+single-user mode (``postgres --single``) under ``valgrind --tool=callgrind``: ``begin``, the
+``set_config`` select, the work, ``commit``, for a fixed list of subjects. Each workload runs twice
+(N/3 and N requests); the difference divided by the extra requests is the cost of one request,
+without start-up. Client and protocol costs are not in it (pgbench's figures include them), so
+ratios here are lower than the throughput ratios of bench_guard. Skipped without valgrind.
+
+    .venv/bin/python bench/bench_instructions.py
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import bench_guard
+from harness import bench_cluster, machine
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+START, END = "<!-- bench:instructions:start -->", "<!-- bench:instructions:end -->"
+REQUESTS = 150
+
+WORKLOADS: list[tuple[str, str, str]] = [
+    ("the request shape alone (`select 1`)", "authenticated", "select 1;"),
+    (
+        "bare 1-row unlogged upsert",
+        "service_role",
+        "insert into bench.c1 as c values ({s}, 1) on conflict (k) do update set n = c.n + 1;",
+    ),
+    (
+        "increment_rate_limit (service_role)",
+        "service_role",
+        "select allowed from public.increment_rate_limit({s}, 2000000000, 60);",
+    ),
+    (
+        "bare 3-row unlogged upsert",
+        "authenticated",
+        "insert into bench.c3 as c select {s}, w, 1 from unnest(array[60, 3600, 86400]) w"
+        " on conflict (k, w) do update set n = c.n + 1;",
+    ),
+    (
+        "check_rate_limit, 3 windows (authenticated)",
+        "authenticated",
+        "select allowed from public.check_rate_limit('bench_api');",
+    ),
+    ("guard on a POST, 3-window policy", "authenticated", "select pgshield.request_guard();"),
+]
+RATIOS = [
+    ("increment_rate_limit (service_role)", "bare 1-row unlogged upsert"),
+    ("check_rate_limit, 3 windows (authenticated)", "bare 3-row unlogged upsert"),
+    ("guard on a POST, 3-window policy", "bare 3-row unlogged upsert"),
+]
+
+
+def script(role: str, work: str, n: int) -> str:
+    lines = []
+    for i in range(n):
+        subject = f"00000000-0000-4000-8000-{(i * 7919) % bench_guard.USERS + 1:012d}"
+        claims = f'{{"role": "{role}", "sub": "{subject}"}}'
+        lines += [
+            "begin;",
+            f"select set_config('role', '{role}', true),"
+            f" set_config('request.jwt.claims', '{claims}', true),"
+            " set_config('request.headers', '{\"x-forwarded-for\": \"203.0.113.7\"}', true),"
+            " set_config('request.method', 'POST', true),"
+            " set_config('request.path', '/bench', true);",
+            work.replace("{s}", f"'{subject}'"),
+            "commit;",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def instructions(cluster, role: str, work: str, n: int) -> int:
+    out = cluster._cmd(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            str(cluster.bindir / "postgres"),
+            "--single",
+            "-D",
+            str(cluster.data),
+            "-c",
+            "autovacuum=off",
+            "postgres",
+        ],
+        input=script(role, work, n),
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None or "ERROR" in out.stdout:
+        raise RuntimeError(f"callgrind run failed: {out.stderr[-500:]} {out.stdout[:500]}")
+    return int(found.group(1))
+
+
+def main() -> str:
+    started = time.monotonic()
+    if shutil.which("valgrind") is None:
+        text = "valgrind is not installed: instruction counts skipped."
+    else:
+        per: dict[str, float] = {}
+        with bench_cluster(durable=True) as (cluster, dsn):
+            bench_guard.prepare(dsn)
+            cluster.stop()
+            for name, role, work in WORKLOADS:
+                low = instructions(cluster, role, work, REQUESTS // 3)
+                high = instructions(cluster, role, work, REQUESTS)
+                per[name] = (high - low) / (REQUESTS - REQUESTS // 3)
+                print(f"  instructions: {name}: {per[name] / 1000:,.0f}k", flush=True)
+        lines = [
+            f"Server instructions per request (callgrind, single-user mode, {REQUESTS} requests"
+            f" minus {REQUESTS // 3}), on the guard benchmark's database. {machine()}",
+            "",
+            "| workload | instructions per request |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {per[name] / 1000:,.0f}k |" for name, _, _ in WORKLOADS]
+        lines += ["", "| ratio (bare work / pgshield) | instructions |", "|---|---|"]
+        lines += [f"| {a} vs {b} | {per[b] / per[a]:.2f}x |" for a, b in RATIOS]
+        lines += ["", f"_Instruction benchmark: {time.monotonic() - started:.0f} s._"]
+        text = "\n".join(lines)
+    print(text)
+    doc = DOC.read_text()
+    block = f"{START}\n## Instructions per request\n\n{text}\n{END}"
+    if START in doc:
+        head, rest = doc.split(START, 1)
+        doc = head + block + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(doc)
+    return text
+
+
+if __name__ == "__main__":
+    main()
