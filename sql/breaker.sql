@@ -60,8 +60,8 @@ insert into pgshield.breaker_settings (id) values (true) on conflict (id) do not
 -- --------------------------------------------------------------- breakers ----
 -- One row per breaker: its configuration, then its state. Nothing is indexed
 -- but the name, and the closed-state hot path never writes the row: outcomes
--- are counted in breaker_buckets, and only a failure (or a slow call, or a
--- success after failures) locks the row.
+-- are counted in breaker_buckets (successes only with a rate rule), and only
+-- a failure (or a slow call, or a success after failures) locks the row.
 --   failure_threshold  trip on this many consecutive failures (null: off)
 --   failure_rate       trip when failures / calls >= this over window_seconds,
 --                      with at least min_calls calls (null: off)
@@ -135,8 +135,9 @@ comment on table pgshield.breaker_leases is
 alter table pgshield.breaker_leases enable row level security;
 revoke all on table pgshield.breaker_leases from public, anon, authenticated, service_role;
 
--- Outcomes per breaker, generation and second, spread over shards (by backend)
--- so that concurrent successes do not all update one row. Unlogged: they are
+-- Outcomes per breaker, generation and second, one row per backend (shard =
+-- its process id) so that concurrent callers never write the same row.
+-- Successes are counted only for breakers with a rate rule. Unlogged: they are
 -- statistics for the failure-rate rules, emptied after a crash.
 create unlogged table if not exists pgshield.breaker_buckets (
   name text not null,
@@ -149,7 +150,7 @@ create unlogged table if not exists pgshield.breaker_buckets (
   primary key (name, generation, second, shard)
 ) with (fillfactor = 70);
 comment on table pgshield.breaker_buckets is
-  'Calls, failures and slow calls per breaker, generation and second (several shards per second).';
+  'Calls, failures and slow calls per breaker, generation, second and backend (successes only with a rate rule).';
 alter table pgshield.breaker_buckets enable row level security;
 revoke all on table pgshield.breaker_buckets from public, anon, authenticated, service_role;
 
@@ -372,7 +373,11 @@ $$;
 revoke all on function pgshield.breaker_transition(pgshield.breakers, text, text, timestamptz)
   from public, anon, authenticated, service_role;
 
--- Counts one outcome in this backend's bucket of the current second.
+-- Counts one outcome in this backend's own bucket row of the current second
+-- (shard = the backend's process id): two concurrent callers never write the
+-- same row, so counting never waits on a lock. An update first, since the row
+-- of this second usually exists; the insert only for the first outcome of a
+-- second.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.breaker_count(
   p_name text, p_generation bigint, p_now timestamptz, p_failure boolean, p_slow boolean
@@ -380,12 +385,21 @@ create or replace function pgshield.breaker_count(
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_second timestamptz := date_trunc('second', p_now);
+  v_failures integer := case when p_failure then 1 else 0 end;
+  v_slow integer := case when p_slow then 1 else 0 end;
 begin
-  insert into pgshield.breaker_buckets as k (name, generation, second, shard, calls, failures, slow)
-  values (p_name, p_generation, date_trunc('second', p_now), pg_backend_pid() % 8, 1,
-          case when p_failure then 1 else 0 end, case when p_slow then 1 else 0 end)
-  on conflict (name, generation, second, shard) do update
-     set calls = k.calls + 1, failures = k.failures + excluded.failures, slow = k.slow + excluded.slow;
+  update pgshield.breaker_buckets k
+     set calls = k.calls + 1, failures = k.failures + v_failures, slow = k.slow + v_slow
+   where k.name = p_name and k.generation = p_generation and k.second = v_second
+     and k.shard = pg_backend_pid();
+  if not found then
+    insert into pgshield.breaker_buckets as k (name, generation, second, shard, calls, failures, slow)
+    values (p_name, p_generation, v_second, pg_backend_pid(), 1, v_failures, v_slow)
+    on conflict (name, generation, second, shard) do update
+       set calls = k.calls + 1, failures = k.failures + excluded.failures, slow = k.slow + excluded.slow;
+  end if;
 end
 $$;
 
@@ -453,18 +467,33 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_b pgshield.breakers;
+  v_role text := current_setting('role');
+  v_state text;
+  v_gen bigint;
   v_now timestamptz;
   v_res public.breaker_decision;
   v_active integer;
   v_expiry timestamptz;
 begin
-  perform pgshield.breaker_check_caller();
+  -- service_role and this function's owner are let through without a catalog
+  -- read (the same roles pgshield.caller_is_trusted() trusts); any other role
+  -- is judged by breaker_check_caller().
+  if v_role <> 'service_role' and (case v_role when 'none' then session_user else v_role end) <> current_user then
+    perform pgshield.breaker_check_caller();
+  end if;
+
+  -- The healthy path: one indexed read, no lock, no write, no clock. A name
+  -- found in the table is valid (the table checks it).
+  select b.state, b.generation into v_state, v_gen from pgshield.breakers b where b.name = p_name;
+  if v_state in ('closed', 'disabled') then
+    return row(true, v_state, v_gen, v_gen * 4294967296, 0, p_name)::public.breaker_decision;
+  end if;
+
   perform pgshield.breaker_check_name(p_name);
   v_b := pgshield.breaker_get(p_name, true);
   v_res.name := p_name;
-
-  -- The healthy path: no lock, no write, no clock.
   if v_b.state in ('closed', 'disabled') then
+    -- Created just now (or changed since the read above).
     v_res.allowed := true;
     v_res.state := v_b.state;
     v_res.generation := v_b.generation;
@@ -540,8 +569,11 @@ grant execute on function public.acquire_breaker(text) to service_role;
 -- 'success', 'failure' or 'ignored' (not counted; a trial slot is given back),
 -- p_duration_ms how long it took (null: unknown, never slow). An outcome from
 -- an older generation, or of a trial lease that expired, changes nothing.
---   closed:    counted in the window; a failure (or a slow call) may trip the
---              breaker open; a success resets the consecutive failures.
+--   closed:    a failure (or a slow call) is counted in the window and may
+--              trip the breaker open; a success resets the consecutive
+--              failures, and is counted in the window when the breaker has a
+--              rate rule (without one it writes nothing when there is no
+--              streak to reset).
 --   half_open: a failure (or a slow call) opens it again, with backoff;
 --              success_threshold successes close it.
 -- Callers: service_role.
@@ -558,16 +590,42 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_b pgshield.breakers;
-  v_gen bigint := p_permit / 4294967296;
-  v_lease bigint := p_permit % 4294967296;
+  v_role text := current_setting('role');
+  v_state text;
+  v_current bigint;
+  v_streak integer;
+  v_slow_ms integer;
+  v_rated boolean;
+  v_gen bigint;
+  v_lease bigint;
   v_now timestamptz;
   v_slow boolean;
   v_bad boolean;
+  v_counted boolean;
   v_trip text;
   v_res public.breaker_release_result;
 begin
-  perform pgshield.breaker_check_caller();
-  perform pgshield.breaker_check_name(p_name);
+  -- service_role and this function's owner are let through without a catalog
+  -- read (as in acquire_breaker); any other role by breaker_check_caller().
+  if v_role <> 'service_role' and (case v_role when 'none' then session_user else v_role end) <> current_user then
+    perform pgshield.breaker_check_caller();
+  end if;
+  -- One indexed read of what the paths without the row lock need. A name
+  -- found in the table is valid (the table checks it).
+  select b.state, b.generation, b.consecutive_failures, b.slow_call_ms,
+         b.failure_rate is not null or b.slow_call_rate is not null
+    into v_state, v_current, v_streak, v_slow_ms, v_rated
+    from pgshield.breakers b where b.name = p_name;
+
+  -- The healthy path, first and in one test: a success of the current
+  -- generation in the closed state, for a breaker without a rate rule (so it
+  -- has no slow-call rule either) and no streak of failures to forget. It
+  -- writes nothing at all.
+  if v_state = 'closed' and p_permit = v_current * 4294967296 and p_outcome = 'success' and v_streak = 0
+     and not v_rated and (p_duration_ms is null or p_duration_ms >= 0) then
+    return row(v_state, v_current, false, true, p_name)::public.breaker_release_result;
+  end if;
+
   if p_permit is null or p_permit < 4294967296 then
     raise exception using errcode = '22023', message = 'p_permit must be a permit that acquire_breaker returned';
   end if;
@@ -578,34 +636,41 @@ begin
   if p_duration_ms < 0 then
     raise exception using errcode = '22023', message = 'p_duration_ms must be >= 0 (or null)';
   end if;
-  v_b := pgshield.breaker_get(p_name, false);
-  if v_gen > v_b.generation then
+  if v_state is null then
+    perform pgshield.breaker_check_name(p_name);  -- 22023
+    perform pgshield.breaker_get(p_name, false);  -- PT404
+  end if;
+  v_gen := p_permit / 4294967296;
+  v_lease := p_permit % 4294967296;
+  if v_gen > v_current then
     raise exception using errcode = '22023', message = 'p_permit was not issued by this breaker',
-      hint = format('breaker %L is at generation %s', p_name, v_b.generation);
+      hint = format('breaker %L is at generation %s', p_name, v_current);
+  end if;
+  v_slow := coalesce(p_duration_ms >= v_slow_ms, false);
+  v_bad := p_outcome = 'failure' or (p_outcome = 'success' and v_slow);
+
+  -- Still without the row lock: any other fast success (or an ignored call)
+  -- in the closed state. It writes the breaker row only when there are
+  -- consecutive failures to forget, and counts the call only for a breaker
+  -- with a rate rule, in this backend's own bucket row (so concurrent callers
+  -- never wait on each other). Stale outcomes change nothing.
+  if v_gen < v_current or v_state not in ('closed', 'half_open')
+     or (v_state = 'closed' and (v_lease <> 0 or not v_bad)) then
+    v_counted := v_gen = v_current and v_state = 'closed' and v_lease = 0 and p_outcome <> 'ignored';
+    if v_counted then
+      if v_streak > 0 then
+        update pgshield.breakers b set consecutive_failures = 0
+         where b.name = p_name and b.generation = v_gen and b.consecutive_failures > 0;
+      end if;
+      if v_rated then
+        perform pgshield.breaker_count(p_name, v_gen, pgshield.now(), false, false);
+      end if;
+    end if;
+    return row(v_state, v_current, false, v_counted, p_name)::public.breaker_release_result;
   end if;
   v_res.name := p_name;
   v_res.changed := false;
   v_res.counted := false;
-  v_slow := coalesce(p_duration_ms >= v_b.slow_call_ms, false);
-  v_bad := p_outcome = 'failure' or (p_outcome = 'success' and v_slow);
-
-  -- The healthy path: a fast success (or an ignored call) in the closed state
-  -- writes one bucket row of this backend, and the breaker row only when it
-  -- has consecutive failures to forget. Stale outcomes change nothing.
-  if v_gen < v_b.generation or v_b.state not in ('closed', 'half_open')
-     or (v_b.state = 'closed' and (v_lease <> 0 or not v_bad)) then
-    if v_gen = v_b.generation and v_b.state = 'closed' and v_lease = 0 and p_outcome <> 'ignored' then
-      if v_b.consecutive_failures > 0 and p_outcome = 'success' then
-        update pgshield.breakers b set consecutive_failures = 0
-         where b.name = p_name and b.generation = v_gen and b.consecutive_failures > 0;
-      end if;
-      perform pgshield.breaker_count(p_name, v_gen, pgshield.now(), false, v_slow);
-      v_res.counted := true;
-    end if;
-    v_res.state := v_b.state;
-    v_res.generation := v_b.generation;
-    return v_res;
-  end if;
 
   -- A failure or slow call while closed, or any trial outcome: under the row
   -- lock, judged by the newest state and a clock read after the lock.
@@ -697,8 +762,10 @@ revoke all on function pgshield.breaker_json(text) from public, anon, authentica
 -- Creates a breaker, or replaces every setting of an existing one (its state
 -- is kept; an open period already running keeps its end). At least one trip
 -- rule: p_failure_threshold consecutive failures, p_failure_rate, or the
--- slow-call rule (p_slow_call_ms with p_slow_call_rate). p_max_open_ms null:
--- p_open_ms (no backoff beyond it). Returns the breaker as JSON.
+-- slow-call rule (p_slow_call_ms with p_slow_call_rate). Only a breaker with
+-- a rate rule counts its successes; giving one to a breaker that had none
+-- starts its window afresh. p_max_open_ms null: p_open_ms (no backoff beyond
+-- it). Returns the breaker as JSON.
 -- Callers: service_role.
 -- Errors: 22023 bad name or setting (named in the message); 42501 other roles.
 create or replace function public.configure_breaker(
@@ -721,6 +788,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_max_open integer := coalesce(p_max_open_ms, p_open_ms);
+  v_unrated boolean;
 begin
   perform pgshield.breaker_check_caller();
   perform pgshield.breaker_check_name(p_name);
@@ -770,6 +838,8 @@ begin
     raise exception using errcode = '22023', message = 'p_success_threshold must be between 1 and 1000';
   end if;
 
+  select b.failure_rate is null and b.slow_call_rate is null into v_unrated
+    from pgshield.breakers b where b.name = p_name for update;
   insert into pgshield.breakers as b
     (name, failure_threshold, failure_rate, min_calls, window_seconds, slow_call_ms, slow_call_rate,
      open_ms, backoff_factor, max_open_ms, half_open_permits, lease_ms, success_threshold, changed_at,
@@ -785,6 +855,12 @@ begin
          open_ms = excluded.open_ms, backoff_factor = excluded.backoff_factor,
          max_open_ms = excluded.max_open_ms, half_open_permits = excluded.half_open_permits,
          lease_ms = excluded.lease_ms, success_threshold = excluded.success_threshold;
+  -- Successes are counted only while a breaker has a rate rule. When one is
+  -- added, the window starts afresh: the failures counted alone before would
+  -- otherwise weigh as if they were every call.
+  if v_unrated and (p_failure_rate is not null or p_slow_call_rate is not null) then
+    delete from pgshield.breaker_buckets k where k.name = p_name;
+  end if;
   return pgshield.breaker_json(p_name);
 end
 $$;
@@ -883,8 +959,11 @@ grant execute on function public.drop_breaker(text) to service_role;
 -- ----------------------------------------------------------------- status ----
 
 -- Every breaker's state and its window: calls, failures and slow calls in
--- the last window_seconds (every generation), the failure rate, the time
--- until an open breaker admits trials, live trial leases, the last change.
+-- the last window_seconds (every generation, summed over the backends'
+-- bucket rows), the failure rate, the time until an open breaker admits
+-- trials, live trial leases, the last change. calls and failure_rate are null
+-- for a breaker without a rate rule: its successes are not counted (that
+-- keeps its healthy path free of writes); its failures are.
 -- Security definer so that the view works for service_role.
 -- Callers: the owner, service_role (through the view). Errors: none.
 create or replace function pgshield.breaker_status_rows()
@@ -900,8 +979,11 @@ declare
   v_now timestamptz := pgshield.now();
 begin
   return query
-  select b.name, b.state, b.generation, coalesce(w.calls, 0), coalesce(w.failures, 0), coalesce(w.slow, 0),
-         case when w.calls > 0 then round(w.failures::numeric / w.calls, 4) end,
+  select b.name, b.state, b.generation,
+         case when b.failure_rate is not null or b.slow_call_rate is not null then coalesce(w.calls, 0) end,
+         coalesce(w.failures, 0), coalesce(w.slow, 0),
+         case when (b.failure_rate is not null or b.slow_call_rate is not null) and w.calls > 0
+              then round(w.failures::numeric / w.calls, 4) end,
          b.consecutive_failures,
          case when b.state = 'open' then
            case when v_now >= b.open_until then 0 else pgshield.breaker_ms_until(b.open_until, v_now) end

@@ -146,6 +146,92 @@ def test_stale_generations_change_nothing(conn: psycopg.Connection, conns: list)
     assert len(events(conn, "stale")) == 3
 
 
+def test_the_healthy_path_writes_nothing(conn: psycopg.Connection) -> None:
+    """Closed, no rate rule: acquire and a success take no transaction id (no write, no row
+    lock); with a rate rule only the success writes, into the caller's own bucket row."""
+    conn.execute("select public.configure_breaker('healthy', 5)")
+    conn.execute(
+        "select public.configure_breaker('counted', null, p_failure_rate => 0.5, p_min_calls => 5)"
+    )
+    xid = "select pg_current_xact_id_if_assigned()::text"
+    for name, writes in (("healthy", None), ("counted", "release")):
+        with conn.transaction():
+            permit = acquire(conn, name)[3]
+            assert conn.execute(xid).fetchone() == (None,), f"{name}: acquire wrote"
+            assert permit is not None and release(conn, name, permit, "success")[3] is True
+            wrote = conn.execute(xid).fetchone() != (None,)
+        assert wrote == (writes == "release"), name
+    # A success after failures forgets the streak: that one writes.
+    release(conn, "healthy", acquire(conn, "healthy")[3], "failure")
+    with conn.transaction():
+        release(conn, "healthy", acquire(conn, "healthy")[3], "success")
+        assert conn.execute(xid).fetchone() != (None,)
+    assert conn.execute(
+        "select consecutive_failures from pgshield.breakers where name = 'healthy'"
+    ).fetchone() == (0,)
+
+
+def test_rate_rule_is_exact_under_64_connections(conn: psycopg.Connection, conns: list) -> None:
+    """64 backends count 640 successes, then fail together: each backend writes only its own
+    bucket row, and the breaker trips exactly at 640 of 1280 (50 %), once."""
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:00+00')")
+    conn.execute(
+        "select public.configure_breaker('ratestorm', null, p_failure_rate => 0.5,"
+        " p_min_calls => 100, p_open_ms => 600000)"
+    )
+    results: list[tuple] = []
+    lock = threading.Lock()
+
+    def succeed(i: int, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        for _ in range(10):
+            assert release(conns[i], "ratestorm", acquire(conns[i], "ratestorm")[3], "success")[3]
+
+    def fail(i: int, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        for _ in range(11):
+            allowed, _state, _gen, permit, _ = acquire(conns[i], "ratestorm")
+            if allowed:
+                r = release(conns[i], "ratestorm", permit, "failure")
+                with lock:
+                    results.append(r)
+
+    run_threads(CLIENTS, succeed)
+    status = "select calls, failures, failure_rate from pgshield.breaker_status where name = %s"
+    assert conn.execute(status, ("ratestorm",)).fetchone() == (640, 0, 0)
+    rows = conn.execute(
+        "select count(*), count(distinct shard) from pgshield.breaker_buckets"
+        " where name = 'ratestorm'"
+    ).fetchone()
+    assert rows == (CLIENTS, CLIENTS), "one bucket row per backend, none shared"
+    run_threads(CLIENTS, fail)
+    assert sum(1 for r in results if r[3]) == 640, "failures counted until the trip, then stale"
+    assert sum(1 for r in results if r[2]) == 1
+    assert events(conn, "ratestorm") == [("closed", "open", 2)]
+    reason = conn.execute(
+        "select last_reason from pgshield.breaker_status where name = 'ratestorm'"
+    ).fetchone()
+    assert reason == ("failure rate 50.0% (640 of 1280 calls in 60 s)",)
+
+
+def test_a_rate_rule_added_later_starts_its_window_afresh(conn: psycopg.Connection) -> None:
+    """Without a rate rule successes are not counted; adding one must not judge the failures
+    counted alone as the whole window."""
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:00+00')")
+    conn.execute("select public.configure_breaker('later', 100)")
+    for outcome in ["success"] * 20 + ["failure"] * 3:
+        release(conn, "later", acquire(conn, "later")[3], outcome)
+    status = "select calls, failures, failure_rate from pgshield.breaker_status where name = %s"
+    assert conn.execute(status, ("later",)).fetchone() == (None, 3, None)
+    conn.execute(
+        "select public.configure_breaker('later', 100, p_failure_rate => 0.5, p_min_calls => 4)"
+    )
+    assert conn.execute(status, ("later",)).fetchone() == (0, 0, None)
+    assert release(conn, "later", acquire(conn, "later")[3], "failure")[:3] == ("closed", 1, False)
+    conn.execute("select public.configure_breaker('later', 100, p_failure_rate => 0.6)")
+    assert conn.execute(status, ("later",)).fetchone()[:2] == (1, 1), "still rated: kept"
+
+
 def test_open_period_exact_to_the_millisecond(conn: psycopg.Connection) -> None:
     conn.execute("select pgshield.set_clock('2030-01-01 00:00:00.123456+00')")
     conn.execute("select public.configure_breaker('exact', 1, p_open_ms => 2000)")

@@ -1,7 +1,7 @@
 -- breaker: the objects, the defaults, notifications and cleanup.
 begin;
 \ir _helpers.psql
-select plan(12);
+select plan(13);
 
 select has_table('pgshield', 'breakers', 'pgshield.breakers exists');
 select has_table('pgshield', 'breaker_events', 'pgshield.breaker_events exists');
@@ -28,7 +28,11 @@ select is((select count(*)::integer from pgshield.breaker_events where name = 'p
 unlisten pgshield_breaker;
 
 -- ---------------------------------------------------------------- cleanup ----
-select public.configure_breaker('pgshield_t_old', p_window_seconds => 5);
+select public.release_breaker('pgshield_t_auto2', (public.acquire_breaker('pgshield_t_auto2')).permit, 'success')
+  from generate_series(1, 3);
+select is((select count(*)::integer from pgshield.breaker_buckets where name = 'pgshield_t_auto2'), 0,
+  'a breaker without a rate rule does not count its successes (no bucket rows)');
+select public.configure_breaker('pgshield_t_old', p_failure_rate => 0.9, p_window_seconds => 5);
 select public.release_breaker('pgshield_t_old', (public.acquire_breaker('pgshield_t_old')).permit, 'success')
   from generate_series(1, 3);
 select public.force_breaker('pgshield_t_old', 'disabled', 'pgshield_t cleanup');

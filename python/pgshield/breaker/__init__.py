@@ -5,10 +5,12 @@
   ``disable``, ``status``, ``events``, ``settings``, ``cleanup``.
 - :class:`Breaker` / :class:`AsyncBreaker`: one breaker as a decorator or context manager,
   with failure / ignored exceptions, a fallback, retries with backoff and jitter, a local copy
-  of the open state, and a failure policy for when the database does not answer.
+  of the open state, and a failure policy for when the database does not answer (let calls
+  through, refuse them, or ask a process-local :class:`LocalBreaker` with the same rules).
 """
 
 from pgshield.breaker.guard import AsyncBreaker, Breaker, is_transient
+from pgshield.breaker.local import LocalBreaker, LocalRules
 from pgshield.breaker.methods import Breakers
 from pgshield.breaker.methods_async import AsyncBreakers
 from pgshield.breaker.results import (
@@ -40,6 +42,8 @@ __all__ = [
     "Breakers",
     "Decision",
     "Guarded",
+    "LocalBreaker",
+    "LocalRules",
     "Outcome",
     "Release",
     "State",

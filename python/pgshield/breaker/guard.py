@@ -5,7 +5,10 @@ protected function, release with its outcome and duration. Exceptions in ``failu
 as failures, those in ``ignore_on`` are not counted; transient errors are retried with capped
 exponential backoff and full jitter (never auth errors); a refused call runs ``fallback`` or
 raises :class:`BreakerOpen`. When the database does not answer within ``timeout``, the
-failure policy decides: ``on_db_error="open"`` lets the call through, ``"closed"`` refuses it.
+failure policy decides: ``on_db_error="open"`` lets the call through, ``"closed"`` refuses it,
+``"local"`` asks a process-local :class:`LocalBreaker` with the same rules, which counts the
+outcomes of the calls it admits. For ``db_retry_after`` seconds after that, calls do not try
+the database again: the policy answers at once.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from pgshield.breaker.local import LocalBreaker, LocalRules
 from pgshield.breaker.ops import acquire_op, release_op
 from pgshield.breaker.results import BreakerOpen, Decision, Guarded
 from pgshield.client import AsyncClient, SyncClient
 from pgshield.errors import Unavailable
 from pgshield.rate_limit.limiter import resilient_dsn
 
-FailurePolicy = Literal["open", "closed"]
+FailurePolicy = Literal["open", "closed", "local"]
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_STATUS = frozenset({401, 403})
 
@@ -67,9 +71,15 @@ class _Spec:
         on_db_error: FailurePolicy,
         timeout: float | None,
         cache_open: bool,
+        local: LocalBreaker | LocalRules | None,
+        db_retry_after: float,
     ) -> None:
-        if on_db_error not in ("open", "closed"):
-            raise ValueError("on_db_error must be 'open' or 'closed'")
+        if on_db_error not in ("open", "closed", "local"):
+            raise ValueError("on_db_error must be 'open', 'closed' or 'local'")
+        if local is not None and on_db_error != "local":
+            raise ValueError("local= goes with on_db_error='local'")
+        if db_retry_after < 0:
+            raise ValueError("db_retry_after must be >= 0 seconds")
         if retries < 0 or backoff_base < 0 or backoff_cap < 0:
             raise ValueError("retries, backoff_base and backoff_cap must be >= 0")
         if timeout is not None and timeout <= 0:
@@ -85,6 +95,14 @@ class _Spec:
         self.on_db_error = on_db_error
         self.timeout = timeout
         self.cache_open = cache_open
+        self.local: LocalBreaker | None = None
+        if isinstance(local, LocalBreaker):
+            self.local = local
+        elif on_db_error == "local":
+            self.local = LocalBreaker(local, name=name)
+        self.db_retry_after = db_retry_after
+        self._db_down_until = 0.0  # time.monotonic() until which the database is not tried
+        self._db_error = ""
         self._open_until = 0.0  # time.monotonic() until which the breaker is known open
         self._open_decision: Decision | None = None
         self._lock = threading.Lock()
@@ -99,7 +117,10 @@ class _Spec:
                 self._open_decision = None
                 return None
             d = self._open_decision
-        return Decision(d.name, False, d.state, d.generation, None, max(1, int(left * 1000)), True)
+        return Decision(
+            d.name, False, d.state, d.generation, None, max(1, int(left * 1000)), True,
+            source="cache",
+        )  # fmt: skip
 
     def remember(self, d: Decision) -> Decision:
         if self.cache_open and not d.allowed and d.state == "open" and d.retry_after_ms > 0:
@@ -108,11 +129,32 @@ class _Spec:
                 self._open_decision = d
         return d
 
+    def known(self) -> Decision | None:
+        """An answer without a round trip: the local copy of an open state, or the policy's
+        while the database is known to be down (for ``db_retry_after``); else None."""
+        cached = self.cached()
+        if cached is not None:
+            return cached
+        with self._lock:
+            down = time.monotonic() < self._db_down_until
+            error = self._db_error
+        return self.policy(error) if down else None
+
     def degraded(self, exc: BaseException) -> Decision:
+        """The database did not answer: remember it for ``db_retry_after``, then the policy."""
+        with self._lock:
+            self._db_down_until = time.monotonic() + self.db_retry_after
+            self._db_error = str(exc)
+        return self.policy(str(exc))
+
+    def policy(self, error: str) -> Decision:
+        if self.local is not None:
+            return self.local.acquire(error)
         allowed = self.on_db_error == "open"
         return Decision(
-            self.name, allowed, "unknown", 0, None, 0 if allowed else -1, False, True, str(exc)
-        )
+            self.name, allowed, "unknown", 0, None, 0 if allowed else -1, False, True, error,
+            "policy",
+        )  # fmt: skip
 
     def outcome(self, exc: BaseException | None) -> str:
         if exc is None:
@@ -145,6 +187,8 @@ def _options(
     on_db_error: FailurePolicy = "open",
     timeout: float | None = 1.0,
     cache_open: bool = True,
+    local: LocalBreaker | LocalRules | None = None,
+    db_retry_after: float = 1.0,
 ) -> dict[str, Any]:
     return dict(locals())
 
@@ -175,18 +219,24 @@ class Breaker(_BreakerBase):
 
     def acquire(self) -> Decision:
         """Ask the breaker (or its local copy of an open state); never raises Unavailable."""
-        cached = self.spec.cached()
-        if cached is not None:
-            return cached
+        known = self.spec.known()
+        if known is not None:
+            return known
         try:
             return self.spec.remember(self.client.call(acquire_op(self.name)))
         except Unavailable as exc:
             return self.spec.degraded(exc)
 
     def release(self, decision: Decision, outcome: str, duration_ms: int | None = None) -> bool:
-        """Report an outcome for ``decision``; False when it could not be (no permit, no db)."""
+        """Report an outcome for ``decision``; False when it could not be (no permit, no db).
+
+        A permit of the local breaker (``source="local"``) is reported to it, not the database.
+        """
         if decision.permit is None:
             return False
+        if decision.source == "local" and self.spec.local is not None:
+            self.spec.local.release(decision.permit, outcome, duration_ms)
+            return True
         try:
             self.client.call(release_op(self.name, decision.permit, outcome, duration_ms))
         except Unavailable:
@@ -202,7 +252,9 @@ class Breaker(_BreakerBase):
                 if self.spec.fallback is None:
                     raise self.spec.refused(d)
                 value = self.spec.fallback(*args, **kwargs)
-                return Guarded(value, d.state, False, True, attempts, d.cached, d.degraded, d.error)
+                return Guarded(
+                    value, d.state, False, True, attempts, d.cached, d.degraded, d.error, d.source
+                )
             attempts += 1
             started = time.monotonic()
             try:
@@ -215,7 +267,9 @@ class Breaker(_BreakerBase):
                 time.sleep(self.spec.backoff(attempts - 1))
                 continue
             self.release(d, "success", int((time.monotonic() - started) * 1000))
-            return Guarded(value, d.state, True, False, attempts, False, d.degraded, d.error)
+            return Guarded(
+                value, d.state, True, False, attempts, False, d.degraded, d.error, d.source
+            )
 
     def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Use the breaker as a decorator: the wrapped function returns the value only."""
@@ -287,9 +341,9 @@ class AsyncBreaker(_BreakerBase):
 
     async def acquire(self) -> Decision:
         """Ask the breaker (or its local copy of an open state); never raises Unavailable."""
-        cached = self.spec.cached()
-        if cached is not None:
-            return cached
+        known = self.spec.known()
+        if known is not None:
+            return known
         try:
             return self.spec.remember(await self.client.call(acquire_op(self.name)))
         except Unavailable as exc:
@@ -298,9 +352,15 @@ class AsyncBreaker(_BreakerBase):
     async def release(
         self, decision: Decision, outcome: str, duration_ms: int | None = None
     ) -> bool:
-        """Report an outcome for ``decision``; False when it could not be (no permit, no db)."""
+        """Report an outcome for ``decision``; False when it could not be (no permit, no db).
+
+        A permit of the local breaker (``source="local"``) is reported to it, not the database.
+        """
         if decision.permit is None:
             return False
+        if decision.source == "local" and self.spec.local is not None:
+            self.spec.local.release(decision.permit, outcome, duration_ms)
+            return True
         try:
             await self.client.call(release_op(self.name, decision.permit, outcome, duration_ms))
         except Unavailable:
@@ -318,7 +378,9 @@ class AsyncBreaker(_BreakerBase):
                 value = self.spec.fallback(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await value
-                return Guarded(value, d.state, False, True, attempts, d.cached, d.degraded, d.error)
+                return Guarded(
+                    value, d.state, False, True, attempts, d.cached, d.degraded, d.error, d.source
+                )
             attempts += 1
             started = time.monotonic()
             try:
@@ -331,7 +393,9 @@ class AsyncBreaker(_BreakerBase):
                 await asyncio.sleep(self.spec.backoff(attempts - 1))
                 continue
             await self.release(d, "success", int((time.monotonic() - started) * 1000))
-            return Guarded(value, d.state, True, False, attempts, False, d.degraded, d.error)
+            return Guarded(
+                value, d.state, True, False, attempts, False, d.degraded, d.error, d.source
+            )
 
     def __call__(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """Use the breaker as a decorator: the wrapped coroutine returns the value only."""

@@ -33,7 +33,10 @@ class Decision:
     is a lease on one trial slot. ``retry_after_ms`` is 0 when allowed, -1 until a manual reset
     (forced open), else the wait in milliseconds. ``cached`` is True when a :class:`Breaker`
     answered from its local copy of an open state (no round trip); ``degraded`` when the
-    database did not answer and the failure policy did (``error`` says why).
+    database did not answer and the failure policy did (``error`` says why). ``source`` says
+    who answered: ``database``, ``cache`` (the local copy of an open state), ``policy``
+    (``on_db_error`` "open" or "closed": state ``unknown``) or ``local`` (the process-local
+    breaker of ``on_db_error="local"``, with its own state and generation).
     """
 
     name: str
@@ -45,6 +48,7 @@ class Decision:
     cached: bool = False
     degraded: bool = False
     error: str | None = None
+    source: str = "database"
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -92,12 +96,16 @@ class BreakerConfig:
 
 @dataclass(frozen=True)
 class BreakerStatus:
-    """One row of ``pgshield.breaker_status``: the state and the current window."""
+    """One row of ``pgshield.breaker_status``: the state and the current window.
+
+    ``calls`` and ``failure_rate`` are None for a breaker without a rate rule: it does not
+    count its successes (that keeps its healthy path free of writes); its failures are counted.
+    """
 
     name: str
     state: str
     generation: int
-    calls: int
+    calls: int | None
     failures: int
     slow_calls: int
     failure_rate: float | None
@@ -138,8 +146,9 @@ class Guarded:
     """What a :class:`Breaker` call did: the value, which state answered, whether the fallback ran.
 
     ``state`` is the state that answered the last attempt (``cached`` when it came from the
-    local copy of an open state, ``degraded`` when the database did not answer); ``attempts``
-    counts the calls that reached the protected function.
+    local copy of an open state, ``degraded`` when the database did not answer); ``source``
+    says who answered it (see :class:`Decision`); ``attempts`` counts the calls that reached
+    the protected function.
     """
 
     value: Any
@@ -150,6 +159,7 @@ class Guarded:
     cached: bool = False
     degraded: bool = False
     error: str | None = None
+    source: str = "database"
 
 
 def _float(value: Any) -> float | None:
@@ -207,7 +217,7 @@ def parse_status(r: Row) -> BreakerStatus:
         name=r["name"],
         state=r["state"],
         generation=int(r["generation"]),
-        calls=int(r["calls"]),
+        calls=None if r["calls"] is None else int(r["calls"]),
         failures=int(r["failures"]),
         slow_calls=int(r["slow_calls"]),
         failure_rate=_float(r["failure_rate"]),
