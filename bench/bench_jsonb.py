@@ -112,7 +112,7 @@ def pgbench_count(dsn: str, script: str, clients: int, transactions: int) -> Non
         path.write_text(script)
         args = [
             str(find_bindir() / "pgbench"), "-n", "-f", str(path), "-c", str(clients),
-            "-j", str(min(clients, 2)), "-t", str(transactions), "-M", "extended", "-d", dsn,
+            "-j", str(min(clients, 2)), "-t", str(transactions), "-M", "extended", dsn,
         ]  # fmt: skip
         proc = subprocess.run(args, capture_output=True, text=True)
         if proc.returncode != 0:

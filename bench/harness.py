@@ -81,11 +81,10 @@ def pgbench(
             "-l",
             "--log-prefix",
             str(Path(tmp) / "log"),
-            "-d",
-            dsn,
         ]
         for key, value in (variables or {}).items():
             args += ["-D", f"{key}={value}"]
+        args.append(dsn)  # the connection string is pgbench's positional dbname (-d is --debug)
         proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
             raise RuntimeError(f"pgbench failed for {name}: {proc.stderr.strip()[-1500:]}")
