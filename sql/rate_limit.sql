@@ -1874,7 +1874,7 @@ declare
   v_before timestamptz;
   v_from bigint;
   v_lo tid;
-  v_hi tid := '(4294967295,65535)';
+  v_hi tid := '(4294967295,65535)'::tid;
   v_count integer := 0;
   v_n integer;
   v_block bigint;
@@ -1893,7 +1893,7 @@ begin
   -- From the hint to the end of the table (a TID range scan), then from the
   -- start up to the hint; deleted by ctid, which the row lock keeps stable.
   for v_pass in 1..2 loop
-    exit when v_count >= p_batch_size or v_hi = '(0,0)';
+    exit when v_count >= p_batch_size or v_hi = '(0,0)'::tid;
     with d as (
       delete from pgshield.rate_limit_state s
        where s.ctid = any (array(select x.ctid from pgshield.rate_limit_state x
@@ -1906,7 +1906,7 @@ begin
     v_count := v_count + v_n;
     v_last := coalesce(v_block, v_last);
     v_hi := v_lo;
-    v_lo := '(0,0)';
+    v_lo := '(0,0)'::tid;
   end loop;
   perform set_config('pgshield.rate_limit_cleanup_block', coalesce(v_last, 0)::text, false);
   return v_count;
