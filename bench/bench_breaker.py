@@ -3,7 +3,9 @@
 pgbench (a C client) at 1 / 8 / 32 clients on one breaker, against two `select 1` round trips
 (the floor of any two-call protocol): a breaker that trips on consecutive failures (its
 healthy path writes nothing) and one with a failure-rate rule (each success counted in the
-caller's own bucket row). Lock waits are sampled at 32 clients for both. Then the same state
+caller's own bucket row), and two calls of an empty security definer PL/pgSQL function: the
+floor of any pair of calls into the database. pgbench uses prepared statements, as PostgREST
+and psycopg do. Lock waits are sampled at 32 clients for both breakers. Then the same state
 machine done read-then-write from Python (read the row, decide, write it back) and the
 failures it loses; and, from Python worker processes, pgshield through psycopg next to
 pybreaker with its Redis storage on a throw-away redis-server (when redis-server and the
@@ -51,6 +53,8 @@ select permit from public.acquire_breaker('{name}') \\gset
 select state from public.release_breaker('{name}', :permit, 'success', 5);
 """
 BASELINE = "select 1;\nselect 1;\n"
+NOOP = "two calls of an empty PL/pgSQL function"
+NOOP_PAIR = "select bench.noop();\nselect bench.noop();\n"
 NAIVE_WORKERS, NAIVE_FAILURES = 16, 50
 PY_PGSHIELD = "pgshield from Python (psycopg)"
 
@@ -76,7 +80,7 @@ def lock_waits(dsn: str, seconds: float, script: str) -> int:
     t = threading.Thread(target=sample)
     t.start()
     try:
-        pgbench(dsn, "pairs", script, clients=32, seconds=seconds, protocol="extended")
+        pgbench(dsn, "pairs", script, clients=32, seconds=seconds, protocol="prepared")
     finally:
         stop.set()
         t.join()
@@ -212,12 +216,24 @@ def main(seconds: float = 5.0) -> str:
                 "select public.configure_breaker('bench_rate', null, p_failure_rate => 1,"
                 " p_min_calls => 1000000)"
             )
-        cells = [(BASE, BASELINE), (CONSECUTIVE, pair("bench")), (RATED, pair("bench_rate"))]
+            # The floor of any pair of PL/pgSQL calls: a security definer function with a
+            # pinned search_path (like acquire and release) that does nothing.
+            c.execute(
+                "create schema bench; create function bench.noop() returns integer"
+                " language plpgsql security definer set search_path = pg_catalog, pg_temp"
+                " as $$ begin return 1; end $$"
+            )
+        cells = [
+            (BASE, BASELINE),
+            (NOOP, NOOP_PAIR),
+            (CONSECUTIVE, pair("bench")),
+            (RATED, pair("bench_rate")),
+        ]
         for _ in range(ROUNDS):
             for n in CLIENTS:
                 for name, script in cells:
                     r = pgbench(dsn, name, script, clients=n, seconds=seconds,
-                                protocol="extended")  # fmt: skip
+                                protocol="prepared")  # fmt: skip
                     if (name, n) not in best or r.ops_per_s > best[(name, n)].ops_per_s:
                         best[(name, n)] = r
         results = [best[(name, n)] for n in CLIENTS for name, _ in cells]
@@ -229,7 +245,8 @@ def main(seconds: float = 5.0) -> str:
         [
             "### Circuit breakers (`breaker`)",
             "",
-            f"Machine: {machine()}. Fast cluster (fsync off), pgbench extended protocol,"
+            f"Machine: {machine()}. Fast cluster (fsync off), pgbench prepared protocol (as"
+            " PostgREST and psycopg call),"
             f" {seconds:g} s per cell, best of {ROUNDS} interleaved rounds, load average at"
             f" start {load:.1f}. One breaker, closed, every pair a success (one transaction"
             " per call).",
@@ -238,7 +255,9 @@ def main(seconds: float = 5.0) -> str:
             "",
             "Against two `select 1`: the consecutive-failures breaker"
             f" {ratio_notes(results, CONSECUTIVE, BASE)} (target >= 0.5x at 32, no lock"
-            f" waits); the failure-rate breaker {ratio_notes(results, RATED, BASE)}.",
+            f" waits); the failure-rate breaker {ratio_notes(results, RATED, BASE)}; two"
+            f" calls of an empty PL/pgSQL function (the floor of any pair of calls)"
+            f" {ratio_notes(results, NOOP, BASE)}.",
             f"Lock waits sampled every 10 ms at 32 clients: {waits} (consecutive failures),"
             f" {waits_rated} (failure-rate rule).",
             f"Read-then-write from Python ({NAIVE_WORKERS} workers x {NAIVE_FAILURES} failures"
