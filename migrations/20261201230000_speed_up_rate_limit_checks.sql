@@ -5,16 +5,18 @@
 -- it still holds the state that was read) instead of a locking insert, a
 -- second read and an update. When some row has moved, the upsert has still
 -- locked every window's row; the call is decided again on the locked state
--- and every row written to the outcome. Decisions, results and the windows'
--- order of locking are unchanged.
+-- (at a clock read again) and every row written to the outcome; a row that
+-- was read but deleted since (a reset committed meanwhile) is inserted empty,
+-- never with the state computed from the read. Decisions, results and the
+-- windows' order of locking are unchanged.
 -- rate_limit_check: authenticated and service_role callers without an
 -- endpoint run the policy, subject and cost checks inline (same checks, same
 -- order, same errors) instead of through three nested functions.
 -- increment_rate_limit reads pgshield.clock itself (what pgshield.now()
 -- does) instead of calling it; for fixed_window that reading is part of the
 -- upsert (one statement per decision). A fixed window refused at that reading
--- is explained at a later one; when it fits there (the window rolled over in
--- between, with the row locked), the call is decided again.
+-- is explained at a later one; when it fits there (the window rolled over
+-- while the call waited, with the row locked), it is allowed and written.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -51,7 +53,6 @@ declare
   v_res public.rate_limit_result;
   v_row record;
   v_e pgshield.rate_limit_eval;
-  v_retries integer := 0;
 begin
   -- One test for every argument; which one is wrong is worked out only on
   -- the slow path, in the order the parameters are declared.
@@ -78,170 +79,173 @@ begin
   -- For fixed_window (the common case, tested first) the upsert itself
   -- reads the clock (pgshield.now(), written out) and does the window
   -- arithmetic: one statement. The other paths read the clock first.
-  <<decide>>
-  loop
-    if p_algorithm = 'fixed_window' and p_cost <= p_limit then
-      insert into pgshield.rate_limit_state as s
-        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-      select p_key, '', p_window_seconds, 'fixed_window', p_limit, n.ws, p_cost, 0, null,
-             n.ws + p_window_seconds * interval '1 second'
-        from (select date_bin(p_window_seconds * interval '1 second',
-                              coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
-                                          from pgshield.clock c), clock_timestamp()),
-                              timestamptz '1970-01-01 00:00:00+00') as ws) n
-      -- A row already in a newer window (this call read the clock, then waited
-      -- for the lock while the window rolled over) keeps that window, and the
-      -- call is counted in it: windows only move forward.
-      on conflict (key, policy, window_seconds) do update
-         set algorithm = excluded.algorithm,
-             limit_value = excluded.limit_value,
-             window_start = case when s.algorithm = excluded.algorithm
-                                  and s.window_start > excluded.window_start
-                                 then s.window_start else excluded.window_start end,
-             count = excluded.count
-                     + case when s.algorithm = excluded.algorithm
-                             and s.window_start >= excluded.window_start then s.count else 0 end,
-             prev_count = 0,
-             tat = null,
-             expires_at = case when s.algorithm = excluded.algorithm
+  if p_algorithm = 'fixed_window' and p_cost <= p_limit then
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    select p_key, '', p_window_seconds, 'fixed_window', p_limit, n.ws, p_cost, 0, null,
+           n.ws + p_window_seconds * interval '1 second'
+      from (select date_bin(p_window_seconds * interval '1 second',
+                            coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                        from pgshield.clock c), clock_timestamp()),
+                            timestamptz '1970-01-01 00:00:00+00') as ws) n
+    -- A row already in a newer window (this call read the clock, then waited
+    -- for the lock while the window rolled over) keeps that window, and the
+    -- call is counted in it: windows only move forward.
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = case when s.algorithm = excluded.algorithm
                                 and s.window_start > excluded.window_start
-                               then s.window_start + p_window_seconds * interval '1 second'
-                               else excluded.expires_at end
-       where excluded.count
-             + case when s.algorithm = excluded.algorithm
-                     and s.window_start >= excluded.window_start then s.count else 0 end
-             <= excluded.limit_value
-      -- RETURNING runs only for a row that was written, i.e. an allowed
-      -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
-      -- hands back the finished result. Same in the two branches below.
-      returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
-                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-                p_key, p_algorithm, p_window_seconds, p_cost
-        into v_res;
-      if found then
-        return v_res;
-      end if;
+                               then s.window_start else excluded.window_start end,
+           count = excluded.count
+                   + case when s.algorithm = excluded.algorithm
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
+           prev_count = 0,
+           tat = null,
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + p_window_seconds * interval '1 second'
+                             else excluded.expires_at end
+     where excluded.count
+           + case when s.algorithm = excluded.algorithm
+                   and s.window_start >= excluded.window_start then s.count else 0 end
+           <= excluded.limit_value
+    -- RETURNING runs only for a row that was written, i.e. an allowed
+    -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
+    -- hands back the finished result. Same in the two branches below.
+    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
     end if;
-    v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
-                      clock_timestamp());
-    v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
-    if p_algorithm = 'fixed_window' or p_cost > p_limit then
-      null;  -- denied, or can never fit: answered below without touching the row
-    elsif p_algorithm = 'sliding_window' then
-      v_w := p_window_seconds::bigint * 1000000;
-      v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
-      v_start_ts := v_now - v_elapsed * interval '1 microsecond';
-      v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
-      insert into pgshield.rate_limit_state as s
-        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-      values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
-              v_start_ts + 2 * v_w * interval '1 microsecond')
-      -- A row already in a newer window keeps it, and the call is judged at
-      -- that window's start (elapsed 0: the previous window weighs fully).
-      on conflict (key, policy, window_seconds) do update
-         set algorithm = excluded.algorithm,
-             limit_value = excluded.limit_value,
-             window_start = case when s.algorithm = excluded.algorithm
-                                  and s.window_start > excluded.window_start
-                                 then s.window_start else excluded.window_start end,
-             count = excluded.count
-                     + case when s.algorithm = excluded.algorithm
-                             and s.window_start >= excluded.window_start then s.count else 0 end,
-             prev_count = case when s.algorithm <> excluded.algorithm then 0
-                               when s.window_start >= excluded.window_start then s.prev_count
-                               when s.window_start = v_prev_ts then s.count
-                               else 0 end,
-             tat = null,
-             expires_at = case when s.algorithm = excluded.algorithm
+  end if;
+  v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                    clock_timestamp());
+  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+  if p_algorithm = 'fixed_window' or p_cost > p_limit then
+    null;  -- denied, or can never fit: answered below without touching the row
+  elsif p_algorithm = 'sliding_window' then
+    v_w := p_window_seconds::bigint * 1000000;
+    v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
+    v_start_ts := v_now - v_elapsed * interval '1 microsecond';
+    v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
+            v_start_ts + 2 * v_w * interval '1 microsecond')
+    -- A row already in a newer window keeps it, and the call is judged at
+    -- that window's start (elapsed 0: the previous window weighs fully).
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = case when s.algorithm = excluded.algorithm
                                 and s.window_start > excluded.window_start
-                               then s.window_start + 2 * v_w * interval '1 microsecond'
-                               else excluded.expires_at end
-       where (case when s.algorithm <> excluded.algorithm then 0
-                   when s.window_start >= excluded.window_start then s.prev_count
-                   when s.window_start = v_prev_ts then s.count
-                   else 0 end)::numeric
-             * (v_w - case when s.algorithm = excluded.algorithm
-                            and s.window_start > excluded.window_start then 0 else v_elapsed end)
-             + (excluded.count
-                + case when s.algorithm = excluded.algorithm
-                        and s.window_start >= excluded.window_start then s.count else 0 end
-               )::numeric * v_w
-             <= excluded.limit_value::numeric * v_w
-      returning true, p_limit,
-                least(greatest(div(p_limit::numeric * v_w
-                                   - s.prev_count::numeric
-                                     * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
-                                   - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
-                s.expires_at,
-                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-                p_key, p_algorithm, p_window_seconds, p_cost
-        into v_res;
-      if found then
-        return v_res;
-      end if;
-    else
-      -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
-      v_w := p_window_seconds::bigint * 1000000;
-      v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
-      -- window_start keeps the time of the last decision; a call that waited
-      -- for the lock behind a later one is judged at that later time.
-      insert into pgshield.rate_limit_state as s
-        (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-      values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
-              timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
-      on conflict (key, policy, window_seconds) do update
-         set algorithm = excluded.algorithm,
-             limit_value = excluded.limit_value,
-             window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
-             count = 0,
-             prev_count = 0,
-             tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                            case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                                 then (extract(epoch from s.window_start) * 1000000)::bigint
-                                 else v_now_us end) + p_cost * v_t,
-             expires_at = timestamptz '1970-01-01 00:00:00+00'
-                          + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                                               then (extract(epoch from s.window_start) * 1000000)::bigint
-                                               else v_now_us end)
-                                 + p_cost * v_t) * interval '1 microsecond'
-       where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
-                      case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                           then (extract(epoch from s.window_start) * 1000000)::bigint
-                           else v_now_us end) + p_cost * v_t
-             - case when s.algorithm = excluded.algorithm and s.window_start > v_now
-                    then (extract(epoch from s.window_start) * 1000000)::bigint
-                    else v_now_us end <= v_w
-      returning true, p_limit,
-                least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
-                               0), p_limit)::integer,
-                s.expires_at,
-                (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
-                p_key, p_algorithm, p_window_seconds, p_cost
-        into v_res;
-      if found then
-        return v_res;
-      end if;
+                               then s.window_start else excluded.window_start end,
+           count = excluded.count
+                   + case when s.algorithm = excluded.algorithm
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
+           prev_count = case when s.algorithm <> excluded.algorithm then 0
+                             when s.window_start >= excluded.window_start then s.prev_count
+                             when s.window_start = v_prev_ts then s.count
+                             else 0 end,
+           tat = null,
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + 2 * v_w * interval '1 microsecond'
+                             else excluded.expires_at end
+     where (case when s.algorithm <> excluded.algorithm then 0
+                 when s.window_start >= excluded.window_start then s.prev_count
+                 when s.window_start = v_prev_ts then s.count
+                 else 0 end)::numeric
+           * (v_w - case when s.algorithm = excluded.algorithm
+                          and s.window_start > excluded.window_start then 0 else v_elapsed end)
+           + (excluded.count
+              + case when s.algorithm = excluded.algorithm
+                      and s.window_start >= excluded.window_start then s.count else 0 end
+             )::numeric * v_w
+           <= excluded.limit_value::numeric * v_w
+    returning true, p_limit,
+              least(greatest(div(p_limit::numeric * v_w
+                                 - s.prev_count::numeric
+                                   * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
+                                 - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
+              s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
     end if;
+  else
+    -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
+    v_w := p_window_seconds::bigint * 1000000;
+    v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
+    -- window_start keeps the time of the last decision; a call that waited
+    -- for the lock behind a later one is judged at that later time.
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
+            timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
+           count = 0,
+           prev_count = 0,
+           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                               then (extract(epoch from s.window_start) * 1000000)::bigint
+                               else v_now_us end) + p_cost * v_t,
+           expires_at = timestamptz '1970-01-01 00:00:00+00'
+                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                                        case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                                             then (extract(epoch from s.window_start) * 1000000)::bigint
+                                             else v_now_us end)
+                               + p_cost * v_t) * interval '1 microsecond'
+     where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                    case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                         then (extract(epoch from s.window_start) * 1000000)::bigint
+                         else v_now_us end) + p_cost * v_t
+           - case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                  then (extract(epoch from s.window_start) * 1000000)::bigint
+                  else v_now_us end <= v_w
+    returning true, p_limit,
+              least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
+                             0), p_limit)::integer,
+              s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
+    end if;
+  end if;
 
-    -- Denied: read the state it was refused on (locked by the upsert above, or
-    -- not locked at all when the cost can never fit) and explain.
-    select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
-      from pgshield.rate_limit_state s
+  -- Denied: read the state it was refused on (locked by the upsert above, or
+  -- not locked at all when the cost can never fit) and explain.
+  select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
+    from pgshield.rate_limit_state s
+   where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
+  v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
+    v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
+  -- A fixed window refused at the upsert's clock reading that fits at this
+  -- later one has rolled over in between. The row is still locked by the
+  -- upsert and nothing else changed: the call is allowed now, in the new
+  -- window, and written as the evaluator says.
+  if v_e.fits and p_algorithm = 'fixed_window' then
+    update pgshield.rate_limit_state s
+       set algorithm = 'fixed_window', limit_value = p_limit, window_start = v_e.window_start,
+           count = v_e.count, prev_count = 0, tat = null, expires_at = v_e.reset_at
      where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
-    v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
-      v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
-    -- A fixed window refused at the upsert's clock reading that fits at this
-    -- later one has rolled over in between (the row is locked, nothing else
-    -- changed): decide again, now.
-    if v_e.fits and p_algorithm = 'fixed_window' and v_retries < 3 then
-      v_retries := v_retries + 1;
-      continue decide;
-    end if;
-    perform nextval('pgshield.rate_limit_direct_denied'::regclass);
-    return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
+    perform nextval('pgshield.rate_limit_direct_allowed'::regclass);
+    return row(true, p_limit, v_e.remaining, v_e.reset_at, 0,
                p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
-  end loop decide;
+  end if;
+  perform nextval('pgshield.rate_limit_direct_denied'::regclass);
+  return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
+             p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
 end
 $$;
 
@@ -340,29 +344,38 @@ begin
 
   if p_mode = 'check' and v_all_fit then
     -- Compare and set: a row is changed only if it still holds what was read.
+    -- A row that was read but is gone by now (a reset, or cleanup, committed
+    -- in between) is inserted empty and locked, not written with the state
+    -- computed from the read: the call then decides again (below).
     with written as (
       insert into pgshield.rate_limit_state as s
         (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
-      select p_subject, p_policy.name, v_ws[u.ord], p_policy.algorithm, v_lim[u.ord], u.window_start,
-             u.count, u.prev_count, u.tat, greatest(u.reset_at, v_now)
+      select p_subject, p_policy.name, v_ws[u.ord], p_policy.algorithm, v_lim[u.ord],
+             case when v_alg[u.ord] is null then u.window_start end,
+             case when v_alg[u.ord] is null then u.count else 0 end,
+             case when v_alg[u.ord] is null then u.prev_count else 0 end,
+             case when v_alg[u.ord] is null then u.tat end,
+             greatest(u.reset_at, v_now)
         from unnest(v_evals) with ordinality
                as u(fits, window_start, count, prev_count, tat, remaining, used, reset_at, retry_after_ms, ord)
        order by u.ord
       on conflict (key, policy, window_seconds) do update
          set algorithm = excluded.algorithm,
              limit_value = excluded.limit_value,
-             window_start = excluded.window_start,
-             count = excluded.count,
-             prev_count = excluded.prev_count,
-             tat = excluded.tat,
+             window_start = (v_evals[array_position(v_ws, s.window_seconds)]).window_start,
+             count = (v_evals[array_position(v_ws, s.window_seconds)]).count,
+             prev_count = (v_evals[array_position(v_ws, s.window_seconds)]).prev_count,
+             tat = (v_evals[array_position(v_ws, s.window_seconds)]).tat,
              expires_at = excluded.expires_at
        where s.algorithm = v_alg[array_position(v_ws, s.window_seconds)]
          and s.window_start is not distinct from v_start[array_position(v_ws, s.window_seconds)]
          and s.count = v_count[array_position(v_ws, s.window_seconds)]
          and s.prev_count = v_prev[array_position(v_ws, s.window_seconds)]
          and s.tat is not distinct from v_tat[array_position(v_ws, s.window_seconds)]
-      returning s.window_seconds)
-    select count(*), array_agg(window_seconds) into v_rows, v_wrote from written;
+      -- Every state a decision writes has a window_start; an empty row has none.
+      returning s.window_seconds, s.window_start is not null as decided)
+    select count(*) filter (where decided), array_agg(window_seconds) filter (where decided)
+      into v_rows, v_wrote from written;
   end if;
 
   if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and v_rows < v_n) then
@@ -378,7 +391,13 @@ begin
       on conflict (key, policy, window_seconds) do update set count = s.count where false;
     end if;
     -- Every row is locked now. A row the upsert above wrote held the state
-    -- read first (or none); the others are read again.
+    -- read first (or none); the others are read again. The clock is read
+    -- again too: the upsert may have waited for a lock.
+    if p_mode = 'check' then
+      v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                           from pgshield.clock c), clock_timestamp()));
+      v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+    end if;
     select array_agg(case when u.ws = any(v_wrote) then v_alg[u.ord] else s.algorithm end order by u.ord),
            array_agg(case when u.ws = any(v_wrote) then v_start[u.ord] else s.window_start end order by u.ord),
            array_agg(case when u.ws = any(v_wrote) then v_count[u.ord] else s.count end order by u.ord),

@@ -171,3 +171,41 @@ def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
         (key,),
     ).fetchone()
     assert row is not None and (row[0].isoformat(), row[1]) == ("2030-01-01T00:01:00+00:00", 1)
+
+
+@pytest.mark.usefixtures("policy")
+def test_a_reset_committed_while_a_check_waits_is_not_undone(
+    db: str, conn: psycopg.Connection
+) -> None:
+    # The check reads the rows (3 each), then its upsert waits on the rows a reset is deleting.
+    # Once the reset commits, the rows it read are gone: the check must count from nothing,
+    # not write back what it computed from its read.
+    result: dict[str, object] = {}
+    with connect(db) as holder:
+        holder.execute("begin")
+        holder.execute("select public.reset_rate_limit_subject(%s, %s)", (SUBJECT, POLICY))
+
+        def check() -> None:
+            with connect(db) as c:
+                result["row"] = c.execute(
+                    "select allowed, remaining from public.check_rate_limit(%s, 1, null, %s)",
+                    (POLICY, SUBJECT),
+                ).fetchone()
+
+        worker = threading.Thread(target=check)
+        worker.start()
+        for _ in range(1500):
+            waiting = conn.execute(
+                "select count(*) from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like '%%check_rate_limit%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the check never waited for the reset")
+        holder.execute("commit")
+        worker.join(30)
+        assert not worker.is_alive()
+    assert result["row"] == (True, 9)
+    assert counts(conn) == {60: 1, 3600: 1, 86400: 1}

@@ -6,7 +6,7 @@
 - :class:`Breaker` / :class:`AsyncBreaker`: one breaker as a decorator or context manager,
   with failure / ignored exceptions, a fallback, retries with backoff and jitter, a local copy
   of the open state, and a failure policy for when the database does not answer (let calls
-  through, refuse them, or ask a process-local :class:`LocalBreaker` with the same rules).
+  through, refuse them, or ask a process-local :class:`LocalBreaker` with the rules it is given).
 """
 
 from pgshield.breaker.guard import AsyncBreaker, Breaker, is_transient

@@ -6,8 +6,9 @@ as failures, those in ``ignore_on`` are not counted; transient errors are retrie
 exponential backoff and full jitter (never auth errors); a refused call runs ``fallback`` or
 raises :class:`BreakerOpen`. When the database does not answer within ``timeout``, the
 failure policy decides: ``on_db_error="open"`` lets the call through, ``"closed"`` refuses it,
-``"local"`` asks a process-local :class:`LocalBreaker` with the same rules, which counts the
-outcomes of the calls it admits. For ``db_retry_after`` seconds after that, calls do not try
+``"local"`` asks a process-local :class:`LocalBreaker` (the rules it is given, by default the
+database's defaults: pass ``LocalRules.of(config)`` for a configured breaker's), which counts
+the outcomes of the calls it admits. For ``db_retry_after`` seconds after that, calls do not try
 the database again: the policy answers at once.
 """
 
