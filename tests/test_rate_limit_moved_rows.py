@@ -40,6 +40,21 @@ def counts(conn: psycopg.Connection) -> dict[int, int]:
     return {w: n for w, n in rows}
 
 
+def wait_until_blocked(conn: psycopg.Connection, function: str) -> None:
+    """Until a call of ``function`` waits for a lock. Polled from ``conn``, not from the holder:
+    inside the holder's transaction pg_stat_activity is a snapshot."""
+    for _ in range(1500):
+        waiting = conn.execute(
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+            " and query like %s",
+            (f"%{function}%",),
+        ).fetchone()
+        if waiting and waiting[0]:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"{function} never waited for the held row")
+
+
 def check_while_hour_row_moves(
     db: str, conn: psycopg.Connection, hour_count_after: int
 ) -> tuple[bool, list[str]]:
@@ -63,18 +78,7 @@ def check_while_hour_row_moves(
 
         worker = threading.Thread(target=check)
         worker.start()
-        # Wait until the check is blocked on the held row (its upsert got there). Polled from
-        # another connection: inside the holder's transaction pg_stat_activity is a snapshot.
-        for _ in range(1500):
-            waiting = conn.execute(
-                "select count(*) from pg_stat_activity"
-                " where wait_event_type = 'Lock' and query like '%%check_rate_limit%%'"
-            ).fetchone()
-            if waiting and waiting[0]:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the check never waited for the held row")
+        wait_until_blocked(conn, "check_rate_limit")
         holder.execute(
             "update pgshield.rate_limit_state set count = %s"
             " where key = %s and policy = %s and window_seconds = 3600",
@@ -148,16 +152,7 @@ def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
 
         worker = threading.Thread(target=increment)
         worker.start()
-        for _ in range(1500):
-            waiting = conn.execute(
-                "select count(*) from pg_stat_activity"
-                " where wait_event_type = 'Lock' and query like '%%increment_rate_limit%%'"
-            ).fetchone()
-            if waiting and waiting[0]:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the increment never waited for the held row")
+        wait_until_blocked(conn, "increment_rate_limit")
         # The window ends while the increment waits (the clock moves in the holder's transaction).
         holder.execute("select pgshield.advance_clock('60 seconds')")
         holder.execute("commit")
@@ -194,16 +189,7 @@ def test_a_reset_committed_while_a_check_waits_is_not_undone(
 
         worker = threading.Thread(target=check)
         worker.start()
-        for _ in range(1500):
-            waiting = conn.execute(
-                "select count(*) from pg_stat_activity"
-                " where wait_event_type = 'Lock' and query like '%%check_rate_limit%%'"
-            ).fetchone()
-            if waiting and waiting[0]:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the check never waited for the reset")
+        wait_until_blocked(conn, "check_rate_limit")
         holder.execute("commit")
         worker.join(30)
         assert not worker.is_alive()
