@@ -42,7 +42,7 @@ demo: setup
 	$(BIN)/pgshield demo
 
 bench: setup
-	@scripts/ensure-system-packages.sh --bench || echo "redis-server unavailable: Redis rows skipped"
+	@scripts/ensure-system-packages.sh --bench || echo "redis-server or valgrind unavailable: their rows are skipped"
 	$(BIN)/python bench/run.py
 
 clean:

@@ -3,7 +3,7 @@
 # server, pgTAP + pg_cron + plpgsql_check for the server's major version, pg_prove, and Node.js
 # with npm (for the pinned Supabase CLI). Installs with apt-get when root (Debian/Ubuntu);
 # otherwise names the packages to install and fails. Optional extras (for `make bench`): pass
-# --bench to also install redis-server.
+# --bench to also install redis-server and valgrind (the instruction counts).
 set -euo pipefail
 
 want_bench=0
@@ -73,6 +73,9 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [[ "$want_bench" == 1 ]] && ! command -v redis-server >/dev/null 2>&1; then
   missing+=(redis-server)
+fi
+if [[ "$want_bench" == 1 ]] && ! command -v valgrind >/dev/null 2>&1; then
+  missing+=(valgrind)
 fi
 
 if ((${#missing[@]})); then
