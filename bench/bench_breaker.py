@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -39,10 +37,9 @@ from harness import (
     percentiles,
     pgbench,
     redis_server,
+    write_section,
 )
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-START, END = "<!-- bench:breaker:start -->", "<!-- bench:breaker:end -->"
 CLIENTS = (1, 8, 32)
 ROUNDS = 3
 BASE = "two `select 1`"
@@ -273,13 +270,7 @@ def main(seconds: float = 5.0) -> str:
         ]
     )
     print(section)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    write_section("breaker", section)
     return section
 
 

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import psycopg
 
-from harness import Result, bench_cluster, machine, pgbench
+from harness import Result, bench_cluster, machine, pgbench, write_section
 from pgshield.client import connect
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
-START, END = "<!-- bench:guard:start -->", "<!-- bench:guard:end -->"
 
 CLIENTS = 8
 SECONDS = 3
@@ -177,14 +175,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    doc = DOC.read_text()
-    block = f"{START}\n## The Data API guard, PostgREST-shaped\n\n{text}\n{END}"
-    if START in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_section("guard", text, "The Data API guard, PostgREST-shaped")
 
 
 if __name__ == "__main__":

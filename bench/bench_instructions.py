@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 
 import bench_guard
-from harness import bench_cluster, machine
+from harness import bench_cluster, machine, write_section
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
-START, END = "<!-- bench:instructions:start -->", "<!-- bench:instructions:end -->"
 REQUESTS = 150
 
 WORKLOADS: list[tuple[str, str, str]] = [
@@ -126,14 +124,7 @@ def main() -> str:
         lines += ["", f"_Instruction benchmark: {time.monotonic() - started:.0f} s._"]
         text = "\n".join(lines)
     print(text)
-    doc = DOC.read_text()
-    block = f"{START}\n## Instructions per request\n\n{text}\n{END}"
-    if START in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_section("instructions", text, "Instructions per request")
     return text
 
 

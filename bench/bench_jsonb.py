@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,11 +28,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Result, bench_cluster, format_table, machine, pgbench
+from harness import Result, bench_cluster, format_table, machine, pgbench, write_section
 from pgshield.embedded import find_bindir
 
-DOCS = Path(__file__).parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- bench:jsonb:start -->", "<!-- bench:jsonb:end -->"
 CLIENTS = (1, 8, 32)
 SECONDS = 3
 ROUNDS = 2
@@ -420,13 +417,7 @@ def main() -> None:
         ]
     )
     print(section)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    write_section("jsonb", section)
 
 
 if __name__ == "__main__":

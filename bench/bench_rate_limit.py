@@ -24,14 +24,13 @@ from harness import (
     redis_benchmark,
     redis_cli,
     redis_server,
+    write_section,
 )
 from pgshield.client import connect
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
 RATE_LIMIT_SQL = HERE.parent / "sql" / "rate_limit.sql"
 LUA = HERE / "redis_fixed_window.lua"
-START, END = "<!-- bench:rate_limit:start -->", "<!-- bench:rate_limit:end -->"
 
 CLIENTS = (1, 8, 32)
 # Every cell runs for SECONDS; the cells at TARGET_CLIENTS (those the targets and the storage
@@ -777,19 +776,6 @@ def render(cells: list[Cell], cpu: list[CpuRow], settings: dict[str, str], elaps
     )
 
 
-def write_section(text: str) -> None:
-    """Replace the rate_limit section of docs/benchmarks.md (add the markers when missing)."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text}\n{END}"
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        head, rest = doc.split(START, 1)
-        _, tail = rest.split(END, 1)
-        doc = head + block + tail
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
-
-
 def main() -> None:
     started = time.monotonic()
 
@@ -801,7 +787,7 @@ def main() -> None:
         cpu = cpu_rows(dsn, progress)
     text = render(cells, cpu, settings, time.monotonic() - started)
     print(text)
-    write_section(text)
+    write_section("rate_limit", text)
 
 
 if __name__ == "__main__":

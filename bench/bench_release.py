@@ -14,15 +14,13 @@ from pathlib import Path
 
 import psycopg
 
-from harness import Result, bench_cluster, machine, pgbench
+from harness import Result, bench_cluster, machine, pgbench, write_section
 from pgshield.client import connect
 from pgshield.migrations import discover, migrate
 from pgshield.provision import prepare_database
 from pgshield.resources import releases
 
 HERE = Path(__file__).resolve().parent
-DOC = HERE.parent / "docs" / "benchmarks.md"
-START, END = "<!-- bench:release:start -->", "<!-- bench:release:end -->"
 
 CLIENTS = 8
 SECONDS = 2
@@ -165,14 +163,7 @@ def main() -> None:
     lines += ["", f"_Release comparison: {time.monotonic() - started:.0f} s._"]
     text = "\n".join(lines)
     print(text)
-    doc = DOC.read_text()
-    block = f"{START}\n## Head against the last release\n\n{text}\n{END}"
-    if START in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_section("release", text, "Head against the last release")
 
 
 if __name__ == "__main__":

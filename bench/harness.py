@@ -101,6 +101,25 @@ def pgbench(
     return Result(name, clients, tps, *percentiles(latencies_us))
 
 
+BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def write_section(name: str, text: str, title: str | None = None) -> None:
+    """Put ``text`` between ``<!-- bench:<name>:start -->`` and its end marker in
+    docs/benchmarks.md (under ``## title`` when given), replacing what was there; a missing
+    section is appended."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    doc = BENCHMARKS_DOC.read_text() if BENCHMARKS_DOC.exists() else "# Benchmarks\n"
+    body = f"## {title}\n\n{text.strip()}" if title else text.strip()
+    block = f"{start}\n{body}\n{end}"
+    if start in doc and end in doc and doc.index(start) < doc.index(end):
+        head, rest = doc.split(start, 1)
+        doc = head + block + rest.split(end, 1)[1]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    BENCHMARKS_DOC.write_text(doc)
+
+
 REDIS_TOOLS = ("redis-server", "redis-cli", "redis-benchmark")
 
 

@@ -10,6 +10,9 @@ import importlib
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import write_section
+
 # One entry per module benchmark (module in bench/ exposing main() -> str of markdown or None).
 BENCHMARKS: list[str] = [
     "bench_rate_limit",
@@ -21,7 +24,6 @@ BENCHMARKS: list[str] = [
     "bench_instructions",
     "bench_maintenance",
 ]
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 # Benchmarks that return their text instead of writing it, and their section titles.
 TITLES = {
     "bench_teams": "Teams RLS helpers",
@@ -29,25 +31,11 @@ TITLES = {
 }
 
 
-def write_section(name: str, title: str, text: str) -> None:
-    """Put ``text`` in the section ``name`` of docs/benchmarks.md, replacing what was there."""
-    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-    doc = DOC.read_text()
-    block = f"{start}\n## {title}\n\n{text.strip()}\n{end}"
-    if start in doc:
-        head, rest = doc.split(start, 1)
-        doc = head + block + rest.split(end, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
-
-
 def main() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     for name in BENCHMARKS:
         text = importlib.import_module(name).main()
         if name in TITLES and isinstance(text, str):
-            write_section(name.removeprefix("bench_"), TITLES[name], text)
+            write_section(name.removeprefix("bench_"), text, TITLES[name])
     if not BENCHMARKS:
         print("no benchmarks registered")
     return 0
