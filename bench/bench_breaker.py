@@ -4,8 +4,10 @@ pgbench (a C client) at 1 / 8 / 32 clients on one breaker, against two `select 1
 (the floor of any two-call protocol): a breaker that trips on consecutive failures (its
 healthy path writes nothing) and one with a failure-rate rule (each success counted in the
 caller's own bucket row), and two calls of an empty security definer PL/pgSQL function: the
-floor of any pair of calls into the database. pgbench uses prepared statements, as PostgREST
-and psycopg do. Lock waits are sampled at 32 clients for both breakers. Then the same state
+floor of any pair of function calls. Both breakers also through the Python client's prepared
+read (ops.PREPARED_ACQUIRE / PREPARED_RELEASE, the very statements, with the name, outcome and
+duration as parameters). pgbench uses prepared statements, as PostgREST and psycopg do. Lock
+waits are sampled at 32 clients. Then the same state
 machine done read-then-write from Python (read the row, decide, write it back) and the
 failures it loses; and, from Python worker processes, pgshield through psycopg next to
 pybreaker with its Redis storage on a throw-away redis-server (when redis-server and the
@@ -39,6 +41,7 @@ from harness import (
     redis_server,
     write_section,
 )
+from pgshield.breaker.ops import PREPARED_ACQUIRE, PREPARED_RELEASE
 
 CLIENTS = (1, 8, 32)
 ROUNDS = 3
@@ -50,17 +53,32 @@ select permit from public.acquire_breaker('{name}') \\gset
 select state from public.release_breaker('{name}', :permit, 'success', 5);
 """
 BASELINE = "select 1;\nselect 1;\n"
+PREPARED = "client's prepared read (closed, consecutive failures)"
+PREPARED_RATED = "client's prepared read (closed, failure-rate rule)"
 NOOP = "two calls of an empty PL/pgSQL function"
 NOOP_PAIR = "select bench.noop();\nselect bench.noop();\n"
+CALL = {"outcome": "success", "ms": "5"}
 NAIVE_WORKERS, NAIVE_FAILURES = 16, 50
 PY_PGSHIELD = "pgshield from Python (psycopg)"
+PY_SHIELD = "pgshield's client, prepared read (`Shield.breakers`)"
 
 
 def pair(name: str) -> str:
     return PAIR.format(name=name)
 
 
-def lock_waits(dsn: str, seconds: float, script: str) -> int:
+def prepared_pair() -> str:
+    """The statements the Python client sends on a connection that prepares them (the
+    breaker's name, the outcome and the duration as parameters: pgbench variables)."""
+    acquire = PREPARED_ACQUIRE.replace("%(name)s", ":name")
+    release = PREPARED_RELEASE.replace("%(name)s", ":name").replace("%(permit)s", ":permit")
+    release = release.replace("%(outcome)s", ":outcome").replace("%(ms)s", ":ms")
+    return f"{acquire} \\gset\n\\set permit :generation * 4294967296\n{release};\n"
+
+
+def lock_waits(
+    dsn: str, seconds: float, script: str, variables: dict[str, str] | None = None
+) -> int:
     """Samples of backends waiting on a lock while 32 clients run ``script``."""
     stop = threading.Event()
     seen = [0]
@@ -77,7 +95,8 @@ def lock_waits(dsn: str, seconds: float, script: str) -> int:
     t = threading.Thread(target=sample)
     t.start()
     try:
-        pgbench(dsn, "pairs", script, clients=32, seconds=seconds, protocol="prepared")
+        pgbench(dsn, "pairs", script, clients=32, seconds=seconds, variables=variables,
+                protocol="prepared")  # fmt: skip
     finally:
         stop.set()
         t.join()
@@ -122,6 +141,21 @@ def pgshield_caller(dsn: str) -> Callable[[], None]:
             "select state from public.release_breaker('bench', %s::bigint, 'success', 5)",
             (row[0],),
         )
+
+    return call
+
+
+def shield_caller(dsn: str) -> Callable[[], None]:
+    """The same pair through ``Shield.breakers`` on a connection that prepares statements
+    (psycopg's default): the client's prepared read."""
+    from pgshield import Shield
+
+    shield = Shield(psycopg.connect(dsn, autocommit=True))
+
+    def call() -> None:
+        d = shield.breakers.acquire("bench")
+        assert d.permit is not None
+        shield.breakers.release("bench", d.permit, "success", 5)
 
     return call
 
@@ -178,6 +212,7 @@ def processes(name: str, make: Callable[..., Callable[[], None]], arg: Any, clie
 
 def python_rows(dsn: str, seconds: float, notes: list[str]) -> list[Result]:
     rows = [processes(PY_PGSHIELD, pgshield_caller, dsn, n, seconds) for n in CLIENTS]
+    rows += [processes(PY_SHIELD, shield_caller, dsn, n, seconds) for n in CLIENTS]
     try:
         import pybreaker  # noqa: F401
         import redis  # noqa: F401
@@ -221,21 +256,24 @@ def main(seconds: float = 5.0) -> str:
                 " as $$ begin return 1; end $$"
             )
         cells = [
-            (BASE, BASELINE),
-            (NOOP, NOOP_PAIR),
-            (CONSECUTIVE, pair("bench")),
-            (RATED, pair("bench_rate")),
+            (BASE, BASELINE, None),
+            (NOOP, NOOP_PAIR, None),
+            (CONSECUTIVE, pair("bench"), None),
+            (RATED, pair("bench_rate"), None),
+            (PREPARED, prepared_pair(), {"name": "bench", **CALL}),
+            (PREPARED_RATED, prepared_pair(), {"name": "bench_rate", **CALL}),
         ]
         for _ in range(ROUNDS):
             for n in CLIENTS:
-                for name, script in cells:
+                for name, script, variables in cells:
                     r = pgbench(dsn, name, script, clients=n, seconds=seconds,
-                                protocol="prepared")  # fmt: skip
+                                variables=variables, protocol="prepared")  # fmt: skip
                     if (name, n) not in best or r.ops_per_s > best[(name, n)].ops_per_s:
                         best[(name, n)] = r
-        results = [best[(name, n)] for n in CLIENTS for name, _ in cells]
+        results = [best[(name, n)] for n in CLIENTS for name, _, _ in cells]
         waits = lock_waits(dsn, seconds, pair("bench"))
         waits_rated = lock_waits(dsn, seconds, pair("bench_rate"))
+        waits_prepared = lock_waits(dsn, seconds, prepared_pair(), {"name": "bench", **CALL})
         total, lost = naive_lost_failures(dsn)
         py = python_rows(dsn, seconds, notes)
     section = "\n".join(
@@ -250,20 +288,29 @@ def main(seconds: float = 5.0) -> str:
             "",
             format_table(results, {"vs two `select 1`": BASE}),
             "",
-            "Against two `select 1`: the consecutive-failures breaker"
-            f" {ratio_notes(results, CONSECUTIVE, BASE)} (target >= 0.5x at 32, no lock"
-            f" waits); the failure-rate breaker {ratio_notes(results, RATED, BASE)}; two"
-            f" calls of an empty PL/pgSQL function (the floor of any pair of calls)"
-            f" {ratio_notes(results, NOOP, BASE)}.",
-            f"Lock waits sampled every 10 ms at 32 clients: {waits} (consecutive failures),"
-            f" {waits_rated} (failure-rate rule).",
+            "Against two `select 1` (target >= 0.5x at 32 clients, no lock waits): the"
+            " Python client's prepared read (what `Shield` sends on a connection that prepares"
+            " statements: one plain indexed read that answers the healthy path and calls the"
+            " function in the same statement otherwise)"
+            f" {ratio_notes(results, PREPARED, BASE)} (consecutive failures),"
+            f" {ratio_notes(results, PREPARED_RATED, BASE)} (failure-rate rule: its success"
+            " goes on to the function, which counts it). The functions as RPC callers and"
+            " unprepared clients call them: the consecutive-failures breaker"
+            f" {ratio_notes(results, CONSECUTIVE, BASE)}; the failure-rate breaker"
+            f" {ratio_notes(results, RATED, BASE)}; two calls of an empty PL/pgSQL function"
+            f" (the floor of any pair of function calls) {ratio_notes(results, NOOP, BASE)}.",
+            f"Lock waits sampled every 10 ms at 32 clients: {waits_prepared} (prepared read),"
+            f" {waits} (functions, consecutive failures), {waits_rated} (functions,"
+            " failure-rate rule).",
             f"Read-then-write from Python ({NAIVE_WORKERS} workers x {NAIVE_FAILURES} failures"
             f" on one row): {lost} of {total} failures lost; pgshield loses none"
             " (tests/test_breaker_concurrency.py).",
             "",
             "From Python worker processes (one connection each; a call of a function that"
-            " succeeds: pgshield's acquire + release pair, pybreaker's `call()` with its state"
-            " in Redis on loopback, no persistence):",
+            " succeeds: pgshield's acquire + release pair as two function calls without"
+            " prepared statements, the same pair through `Shield.breakers` on a connection that"
+            " prepares them, pybreaker's `call()` with its state in Redis on loopback, no"
+            " persistence):",
             "",
             format_table(py, {"vs pgshield from Python": PY_PGSHIELD}),
             *(["", *notes] if notes else []),

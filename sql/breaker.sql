@@ -120,6 +120,11 @@ comment on table pgshield.breakers is
   'Circuit breakers: one row per breaker, its configuration and state. Edit with public.configure_breaker().';
 alter table pgshield.breakers enable row level security;
 revoke all on table pgshield.breakers from public, anon, authenticated, service_role;
+-- What the Python client's prepared read of the healthy path needs (see
+-- python/pgshield/breaker/ops.py): service_role (which bypasses row-level
+-- security) may read the state of a breaker, not its settings or history.
+grant select (name, state, generation, consecutive_failures, failure_rate, slow_call_rate)
+  on table pgshield.breakers to service_role;
 
 -- Trial leases of a half-open breaker: one row per permit handed out in the
 -- current generation, until it is released or expires_at passes.

@@ -5,7 +5,8 @@
 Each module describes a call as an :class:`Op` (SQL, parameters, how to read the rows); the
 two clients only differ in how they run it. Nothing is opened in a constructor. Connections that
 pgshield opens itself use ``autocommit=True`` and ``prepare_threshold=None`` so they work behind
-Supavisor / PgBouncer in transaction mode.
+Supavisor / PgBouncer in transaction mode; ``prepared_statements=True`` lets them prepare (a
+direct connection, or a pooler in session mode), which an Op's ``prepared`` form needs.
 """
 
 from __future__ import annotations
@@ -36,11 +37,18 @@ ISOLATION_LEVELS = ("read committed", "repeatable read", "serializable")
 
 @dataclass(frozen=True)
 class Op(Generic[T]):
-    """One database call: ``sql`` with ``%(name)s`` parameters, and ``parse`` for its rows."""
+    """One database call: ``sql`` with ``%(name)s`` parameters, and ``parse`` for its rows.
+
+    ``prepared`` is an optional cheaper form for connections that prepare statements: a plain
+    statement, run prepared, whose ``parse`` returns None when it cannot answer by itself (then
+    ``sql`` runs). It is tried only when pgshield owns the transaction, so that a refusal of
+    the statement (a role without the grant it needs) never aborts a caller's transaction.
+    """
 
     sql: str
     params: Mapping[str, Any] = field(default_factory=dict)
     parse: Callable[[list[Row]], T] = lambda rows: rows  # type: ignore[assignment,return-value]
+    prepared: Op[T | None] | None = None
 
 
 def one(rows: list[Row]) -> Row:
@@ -55,9 +63,19 @@ def scalar(rows: list[Row]) -> Any:
     return next(iter(one(rows).values()))
 
 
-def connect(dsn: str, *, timeout: float | None = None) -> psycopg.Connection:
-    """Open a connection the way pgshield uses it (autocommit, no prepared statements)."""
-    kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+# psycopg's own default: a statement is prepared on its fifth run (an Op's ``prepared`` at once).
+PREPARE_THRESHOLD = 5
+# The SQLSTATEs that mean a prepared form cannot run for this role or installation (no grant,
+# no such table or column): the client then keeps to the functions.
+_PREPARED_REFUSED = ("42501", "42P01", "42703")
+
+
+def connect(dsn: str, *, timeout: float | None = None, prepare: bool = False) -> psycopg.Connection:
+    """Open a connection the way pgshield uses it (autocommit; prepared statements if asked)."""
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "prepare_threshold": PREPARE_THRESHOLD if prepare else None,
+    }
     if timeout is not None:
         kwargs["connect_timeout"] = max(1, int(timeout + 0.999))
     try:
@@ -66,9 +84,14 @@ def connect(dsn: str, *, timeout: float | None = None) -> psycopg.Connection:
         raise translate(exc) from exc
 
 
-async def connect_async(dsn: str, *, timeout: float | None = None) -> psycopg.AsyncConnection:
+async def connect_async(
+    dsn: str, *, timeout: float | None = None, prepare: bool = False
+) -> psycopg.AsyncConnection:
     """The asyncio twin of :func:`connect`."""
-    kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "prepare_threshold": PREPARE_THRESHOLD if prepare else None,
+    }
     if timeout is not None:
         kwargs["connect_timeout"] = max(1, int(timeout + 0.999))
     try:
@@ -168,6 +191,7 @@ class _Settings:
         timeout: float | None = None,
         isolation: str | None = None,
         retries: int = 3,
+        prepared_statements: bool = False,
     ) -> None:
         if isolation is not None and isolation.lower() not in ISOLATION_LEVELS:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}")
@@ -179,6 +203,8 @@ class _Settings:
         self.timeout = timeout
         self.isolation = isolation.lower() if isolation else None
         self.retries = retries
+        self.prepared_statements = prepared_statements
+        self._prepared_refused = False
 
     def _preamble(self) -> list[tuple[str, Mapping[str, Any]]]:
         """Statements that open our own transaction for one call (none: run in autocommit)."""
@@ -201,6 +227,21 @@ class _Settings:
 
     def _backoff(self, attempt: int) -> float:
         return min(0.2, 0.005 * (2**attempt)) * (0.5 + random.random())
+
+    def _prepared_form(
+        self, conn: psycopg.Connection | psycopg.AsyncConnection, op: Op[T], own: bool
+    ) -> Op[T | None] | None:
+        """``op.prepared`` when it may run on ``conn``: it prepares statements, pgshield owns
+        the transaction, and no earlier call found the form refused."""
+        if op.prepared is None or not own or self._prepared_refused:
+            return None
+        return op.prepared if conn.prepare_threshold is not None else None
+
+    def _refused(self, exc: psycopg.Error) -> bool:
+        """True (and the prepared forms off from now on) when ``exc`` says they cannot run."""
+        if exc.sqlstate in _PREPARED_REFUSED:
+            self._prepared_refused = True
+        return self._prepared_refused
 
 
 class SyncClient(_Settings):
@@ -235,7 +276,9 @@ class SyncClient(_Settings):
     def _owned(self) -> psycopg.Connection:
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = connect(self.source, timeout=self.timeout)
+                self._conn = connect(
+                    self.source, timeout=self.timeout, prepare=self.prepared_statements
+                )
             return self._conn
 
     # ------------------------------------------------------------ execution --
@@ -268,7 +311,7 @@ class SyncClient(_Settings):
         attempt = 0
         while True:
             try:
-                return op.parse(self._execute(conn, op, own))
+                return self._answer(conn, op, own)
             except psycopg.Error as exc:
                 if watch is not None and _WATCHDOG.disarm(watch):
                     raise _no_answer(self.timeout or 0) from exc
@@ -279,16 +322,31 @@ class SyncClient(_Settings):
                     continue
                 raise err from exc
 
-    def _execute(self, conn: psycopg.Connection, op: Op[T], own: bool) -> list[Row]:
+    def _answer(self, conn: psycopg.Connection, op: Op[T], own: bool) -> T:
+        fast = self._prepared_form(conn, op, own)
+        if fast is not None:
+            try:
+                got = fast.parse(self._execute(conn, fast, own, prepare=True))
+            except psycopg.Error as exc:
+                if not self._refused(exc):
+                    raise
+            else:
+                if got is not None:
+                    return got
+        return op.parse(self._execute(conn, op, own))
+
+    def _execute(
+        self, conn: psycopg.Connection, op: Op[Any], own: bool, prepare: bool | None = None
+    ) -> list[Row]:
         preamble = self._preamble() if own else []
         with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
-                cur.execute(op.sql, op.params)
+                cur.execute(op.sql, op.params, prepare=prepare)
                 return cur.fetchall() if cur.description else []
             with conn.transaction():
                 for sql, params in preamble:
                     cur.execute(sql, params)
-                cur.execute(op.sql, op.params)
+                cur.execute(op.sql, op.params, prepare=prepare)
                 return cur.fetchall() if cur.description else []
 
 
@@ -318,7 +376,9 @@ class AsyncClient(_Settings):
     async def _owned(self) -> psycopg.AsyncConnection:
         async with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = await connect_async(self.source, timeout=self.timeout)
+                self._conn = await connect_async(
+                    self.source, timeout=self.timeout, prepare=self.prepared_statements
+                )
             return self._conn
 
     async def call(self, op: Op[T], conn: psycopg.AsyncConnection | None = None) -> T:
@@ -358,7 +418,7 @@ class AsyncClient(_Settings):
         attempt = 0
         while True:
             try:
-                return op.parse(await self._execute(conn, op, own))
+                return await self._answer(conn, op, own)
             except psycopg.Error as exc:
                 if fired:
                     raise _no_answer(self.timeout or 0) from exc
@@ -369,14 +429,29 @@ class AsyncClient(_Settings):
                     continue
                 raise err from exc
 
-    async def _execute(self, conn: psycopg.AsyncConnection, op: Op[T], own: bool) -> list[Row]:
+    async def _answer(self, conn: psycopg.AsyncConnection, op: Op[T], own: bool) -> T:
+        fast = self._prepared_form(conn, op, own)
+        if fast is not None:
+            try:
+                got = fast.parse(await self._execute(conn, fast, own, prepare=True))
+            except psycopg.Error as exc:
+                if not self._refused(exc):
+                    raise
+            else:
+                if got is not None:
+                    return got
+        return op.parse(await self._execute(conn, op, own))
+
+    async def _execute(
+        self, conn: psycopg.AsyncConnection, op: Op[Any], own: bool, prepare: bool | None = None
+    ) -> list[Row]:
         preamble = self._preamble() if own else []
         async with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
-                await cur.execute(op.sql, op.params)
+                await cur.execute(op.sql, op.params, prepare=prepare)
                 return await cur.fetchall() if cur.description else []
             async with conn.transaction():
                 for sql, params in preamble:
                     await cur.execute(sql, params)
-                await cur.execute(op.sql, op.params)
+                await cur.execute(op.sql, op.params, prepare=prepare)
                 return await cur.fetchall() if cur.description else []

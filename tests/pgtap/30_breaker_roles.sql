@@ -2,7 +2,7 @@
 -- authenticated are refused everything (per-breaker grants are not supported).
 begin;
 \ir _helpers.psql
-select plan(30);
+select plan(34);
 
 select pgshield.set_clock('2001-01-01 00:00:00+00');
 select public.configure_breaker('pgshield_t_r');
@@ -30,6 +30,21 @@ select ok(
     where p.oid in (select f from pg_temp.pack_functions() f)
       and p.pronamespace = 'public'::regnamespace and p.proname like '%breaker%'),
   'the public breaker entry points run as definer, for service_role only');
+select is(
+  (select array_agg(a.attname::text order by a.attname) from pg_attribute a
+    where a.attrelid = 'pgshield.breakers'::regclass and a.attnum > 0 and not a.attisdropped
+      and has_column_privilege('service_role', a.attrelid, a.attnum, 'select')),
+  array['consecutive_failures', 'failure_rate', 'generation', 'name', 'slow_call_rate', 'state'],
+  'service_role may read the six state columns of a breaker (the client''s prepared read), no other');
+select ok(
+  not exists (
+    select 1 from pg_attribute a join pg_class c on c.oid = a.attrelid
+     where c.relnamespace = 'pgshield'::regnamespace and c.relname like 'breaker%' and c.relkind = 'r'
+       and a.attnum > 0 and not a.attisdropped
+       and (has_column_privilege('anon', c.oid, a.attnum, 'select,insert,update,references')
+            or has_column_privilege('authenticated', c.oid, a.attnum, 'select,insert,update,references'))
+  ),
+  'anon and authenticated may read no column of any breaker table');
 select ok(not has_table_privilege('authenticated', 'pgshield.breaker_status', 'select')
           and has_table_privilege('service_role', 'pgshield.breaker_status', 'select'),
   'the status view is for service_role');
@@ -73,6 +88,10 @@ select is((select count(*)::integer from pgshield.breaker_events_recent('pgshiel
   'service_role reads the events');
 select is((select e.actor::text from pgshield.breaker_events_recent('pgshield_t_r') e limit 1), 'service_role',
   'the events name service_role as the actor');
+select is((select b.state || '/' || b.consecutive_failures from pgshield.breakers b
+             where b.name = 'pgshield_t_r'), 'closed/0', 'service_role reads the state columns');
+select throws_ok($$ select b.reason from pgshield.breakers b $$, '42501', null,
+  'service_role cannot read the other columns');
 select is(drop_breaker('pgshield_t_r'), true, 'service_role drops a breaker');
 select pg_temp.act_as_owner();
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pgshield.breaker.local import SHIFT
 from pgshield.breaker.results import (
     OUTCOMES,
     BreakerConfig,
@@ -17,7 +18,7 @@ from pgshield.breaker.results import (
     parse_settings,
     parse_status,
 )
-from pgshield.client import Op, scalar
+from pgshield.client import Op, Row, scalar
 
 _STATUS_COLUMNS = (
     "name, state, generation, calls, failures, slow_calls, failure_rate, consecutive_failures,"
@@ -32,21 +33,63 @@ def outcome_name(outcome: str) -> str:
     return outcome
 
 
+# The prepared forms of acquire and release (see Op.prepared): one plain indexed read of the
+# breaker's row that answers the healthy path itself, the same test as the function's first
+# branch, and calls the function in the same statement for everything else. No row: the name
+# is unknown (or not readable by this role), and the function call answers.
+# pgshield.breakers grants service_role these columns (and nothing else) for this read.
+PREPARED_ACQUIRE = (
+    "select b.state, b.generation, case when b.state in ('closed', 'disabled') then null"
+    " else to_jsonb(public.acquire_breaker(b.name)) end as slow"
+    " from pgshield.breakers b where b.name = %(name)s::text"
+)
+PREPARED_RELEASE = (
+    "select b.state, b.generation, case when b.state = 'closed'"
+    " and %(permit)s::bigint = b.generation * 4294967296 and %(outcome)s::text = 'success'"
+    " and b.consecutive_failures = 0 and b.failure_rate is null and b.slow_call_rate is null"
+    " and (%(ms)s::integer is null or %(ms)s::integer >= 0) then null"
+    " else to_jsonb(public.release_breaker(b.name, %(permit)s::bigint, %(outcome)s::text,"
+    " %(ms)s::integer)) end as slow"
+    " from pgshield.breakers b where b.name = %(name)s::text"
+)
+
+
 def acquire_op(name: str) -> Op[Decision]:
+    def fast(rows: list[Row]) -> Decision | None:
+        if not rows:
+            return None
+        r = rows[0]
+        if r["slow"] is not None:
+            return parse_decision([r["slow"]])
+        gen = int(r["generation"])
+        return Decision(name, True, r["state"], gen, gen * SHIFT, 0)
+
+    params = {"name": name}
     return Op(
         "select allowed, state, generation, permit, retry_after_ms, name"
         " from public.acquire_breaker(%(name)s::text)",
-        {"name": name},
+        params,
         parse_decision,
+        Op(PREPARED_ACQUIRE, params, fast),
     )
 
 
 def release_op(name: str, permit: int, outcome: str, duration_ms: int | None) -> Op[Release]:
+    def fast(rows: list[Row]) -> Release | None:
+        if not rows:
+            return None
+        r = rows[0]
+        if r["slow"] is not None:
+            return parse_release([r["slow"]])
+        return Release(name, r["state"], int(r["generation"]), False, True)
+
+    params = {"name": name, "permit": permit, "outcome": outcome_name(outcome), "ms": duration_ms}
     return Op(
         "select state, generation, changed, counted, name from public.release_breaker("
         "%(name)s::text, %(permit)s::bigint, %(outcome)s::text, %(ms)s::integer)",
-        {"name": name, "permit": permit, "outcome": outcome_name(outcome), "ms": duration_ms},
+        params,
         parse_release,
+        Op(PREPARED_RELEASE, params, fast),
     )
 
 
