@@ -9,13 +9,14 @@ the same answers, errors and stored state at every step; and they show where it 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from pgshield import Shield, ShieldError
+from pgshield import AsyncShield, Shield, ShieldError
 
 # One history per case: ("configure", kwargs) | ("acquire",) | ("release", i, outcome, ms)
 # (i: the permit of the i-th acquire, or a literal permit when given as ("permit", value)) |
@@ -221,3 +222,29 @@ def test_own_connections_prepare_only_when_asked(db: str, owner: psycopg.Connect
         assert plain._conn is not None and fast._conn is not None
         assert _prepared_reads(plain._conn) == 0
         assert _prepared_reads(fast._conn) == 2
+
+
+def test_the_async_client_takes_the_same_read(db: str, owner: psycopg.Connection) -> None:
+    async def main() -> tuple[list[Any], int]:
+        c = await psycopg.AsyncConnection.connect(db, autocommit=True)
+        async with c:
+            await c.execute("set role service_role")
+            shield = AsyncShield(c)
+            d = await shield.breakers.acquire("async")
+            r = await shield.breakers.release("async", d.permit, "success", 1)  # type: ignore[arg-type]
+            f = await shield.breakers.release("async", d.permit, "failure", 1)  # type: ignore[arg-type]
+            cur = await c.execute(
+                "select count(*) from pg_prepared_statements"
+                " where statement like '%%from pgshield.breakers b where b.name = $_::text'"
+            )
+            row = await cur.fetchone()
+            got = [(d.allowed, d.permit), (r.counted, r.changed), (f.counted, f.state)]
+            return got, int(row[0]) if row else 0
+
+    got, prepared = asyncio.run(main())
+    assert got == [(True, 1 << 32), (True, False), (True, "closed")]
+    assert prepared == 2
+    failures = owner.execute(
+        "select consecutive_failures from pgshield.breakers where name = 'async'"
+    ).fetchone()
+    assert failures == (1,)
