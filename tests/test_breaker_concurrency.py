@@ -4,7 +4,8 @@ Every connection is its own backend; threads start together at a barrier. Counts
 one OPEN event for 64 failing workers, exactly the configured trial permits for 64 acquirers,
 stale generations change nothing, a killed permit holder loses its lease after the lease time.
 The real-clock trials fire a burst across the end of an open period and attribute every answer
-to its generation.
+to its generation. Every test with ``conns`` runs twice: through the SQL functions, and through
+the Python client's prepared read of the healthy path (as service_role).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from pgshield import Shield
 from support import run_threads
 
 CLIENTS = 64
@@ -30,17 +32,40 @@ def gen_of(permit: int) -> int:
     return permit // SHIFT
 
 
-@pytest.fixture
-def conns(db: str) -> Iterator[list[psycopg.Connection]]:
-    cs = [psycopg.connect(db, autocommit=True, prepare_threshold=None) for _ in range(CLIENTS)]
+Caller = psycopg.Connection | Shield
+
+
+@pytest.fixture(params=["functions", "prepared read"])
+def conns(db: str, request: pytest.FixtureRequest) -> Iterator[list[Caller]]:
+    """CLIENTS callers, each its own backend: the SQL functions called directly as the owner,
+    or the Python client's prepared read as service_role (tests/test_breaker_prepared.py)."""
+    prepared = request.param == "prepared read"
+    cs = [
+        psycopg.connect(db, autocommit=True, prepare_threshold=5 if prepared else None)
+        for _ in range(CLIENTS)
+    ]
     try:
-        yield cs
+        for c in cs if prepared else []:
+            c.execute("set role service_role")
+        yield [Shield(c) for c in cs] if prepared else cs  # type: ignore[misc]
+        # Each prepared caller did take the read (it is prepared on that backend).
+        reads = [
+            c.execute(
+                "select count(*) from pg_prepared_statements"
+                " where statement like '%%from pgshield.breakers b where b.name = $_::text'"
+            ).fetchone()
+            for c in cs
+        ]
+        assert all(r is not None and r[0] >= 1 for r in reads) == prepared
     finally:
         for c in cs:
             c.close()
 
 
-def acquire(conn: psycopg.Connection, name: str) -> tuple[bool, str, int, int | None, int]:
+def acquire(conn: Caller, name: str) -> tuple[bool, str, int, int | None, int]:
+    if isinstance(conn, Shield):
+        d = conn.breakers.acquire(name)
+        return (d.allowed, d.state, d.generation, d.permit, d.retry_after_ms)
     row = conn.execute(
         "select allowed, state, generation, permit, retry_after_ms from public.acquire_breaker(%s)",
         (name,),
@@ -49,7 +74,10 @@ def acquire(conn: psycopg.Connection, name: str) -> tuple[bool, str, int, int | 
     return row  # type: ignore[return-value]
 
 
-def release(conn: psycopg.Connection, name: str, permit: int, outcome: str) -> tuple:
+def release(conn: Caller, name: str, permit: int, outcome: str) -> tuple:
+    if isinstance(conn, Shield):
+        r = conn.breakers.release(name, permit, outcome)  # type: ignore[arg-type]
+        return (r.state, r.generation, r.changed, r.counted)
     row = conn.execute(
         "select state, generation, changed, counted from public.release_breaker(%s, %s, %s)",
         (name, permit, outcome),
