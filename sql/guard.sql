@@ -190,7 +190,9 @@ begin
     if not coalesce(v_rule.allowed_headers, true) then
       return;
     end if;
-    v_headers := pgshield.guard_headers(v_res, pgshield.now());
+    -- pgshield.now(), read here (no call)
+    v_headers := pgshield.guard_headers(v_res, coalesce(
+      (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
     v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     perform set_config('response.headers',
       (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end

@@ -961,11 +961,7 @@ declare
   v_n integer;
   v_now timestamptz;
   v_now_us bigint;
-  v_alg text[];
-  v_start timestamptz[];
-  v_count bigint[];
-  v_prev bigint[];
-  v_tat numeric[];
+  v_alg text[]; v_start timestamptz[]; v_count bigint[]; v_prev bigint[]; v_tat numeric[];  -- state read
   v_wrote integer[];
   v_e pgshield.rate_limit_eval;
   v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
@@ -974,8 +970,10 @@ declare
   v_res public.rate_limit_check_result;
   v_bind integer;
   v_remaining integer;
-  v_windows jsonb := '[]'::jsonb;
+  v_json text := '[';
   v_violated text[] := array[]::text[];
+  v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
+  v_a numeric;
 begin
   -- Tier, windows, a plain read of their state and the clock, in one
   -- statement. The windows come in window order from the primary key (one
@@ -1006,7 +1004,35 @@ begin
   v_n := array_length(v_ws, 1);
   v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
 
-  if p_mode <> 'usage' then
+  -- Fixed and sliding windows that all fit: rate_limit_evaluate's arithmetic written out (no
+  -- call per window). A window that does not fit, and token buckets, go through it.
+  if p_mode <> 'usage' and p_policy.algorithm <> 'token_bucket' then
+    for v_i in 1 .. v_n loop
+      v_w := v_ws[v_i] * 1000000::bigint;
+      v_stored := case when v_alg[v_i] = p_policy.algorithm
+                       then (extract(epoch from v_start[v_i]) * 1000000)::bigint end;
+      v_t := greatest(v_now_us, v_stored);
+      v_s0 := v_t - ((v_t % v_w) + v_w) % v_w;
+      v_cur := case when v_stored = v_s0 then v_count[v_i] else 0 end;
+      v_pv := case when p_policy.algorithm = 'fixed_window' then 0 when v_stored = v_s0 then v_prev[v_i]
+                   when v_stored = v_s0 - v_w then v_count[v_i] else 0 end;
+      v_a := v_pv::numeric * (v_w - v_t + v_s0);
+      if p_cost > v_lim[v_i] or v_a + (v_cur + p_cost)::numeric * v_w > v_lim[v_i]::numeric * v_w then
+        v_all_fit := false;
+        exit;
+      end if;
+      v_cur := v_cur + p_cost;
+      v_evals[v_i] := row(true, timestamptz 'epoch' + v_s0 * interval '1 microsecond', v_cur, v_pv, null,
+        least(greatest(div(v_lim[v_i]::numeric * v_w - v_a - v_cur::numeric * v_w, v_w), 0), v_lim[v_i]),
+        v_cur + case when div(v_a, v_w) * v_w < v_a then div(v_a, v_w) + 1 else div(v_a, v_w) end,
+        timestamptz 'epoch' + (v_s0 + case when p_policy.algorithm = 'fixed_window' then v_w else 2 * v_w end)
+                              * interval '1 microsecond',
+        0)::pgshield.rate_limit_eval;
+    end loop;
+  end if;
+  if p_mode <> 'usage' and (p_policy.algorithm = 'token_bucket' or not v_all_fit) then
+    v_evals := array[]::pgshield.rate_limit_eval[];
+    v_all_fit := true;
     for v_i in 1 .. v_n loop
       v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
         v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], false);
@@ -1140,10 +1166,11 @@ begin
   -- else the fewest remaining (ties: the longer window).
   for v_i in 1 .. v_n loop
     v_e := v_evals[v_i];
-    v_windows := v_windows || jsonb_build_object(
-      'name', v_names[v_i], 'window_seconds', v_ws[v_i], 'limit', v_lim[v_i],
-      'remaining', v_e.remaining, 'used', v_e.used, 'reset_at', v_e.reset_at,
-      'retry_after_ms', v_e.retry_after_ms, 'allowed', v_e.fits);
+    -- Text parsed once below: the same jsonb, cheaper than jsonb_build_object per window.
+    v_json := concat(v_json, case when v_i > 1 then ',' end,
+      format('{"name":%s,"window_seconds":%s,"limit":%s,"remaining":%s,"used":%s,"reset_at":%s,'
+             '"retry_after_ms":%s,"allowed":%s}', to_json(v_names[v_i]), v_ws[v_i], v_lim[v_i],
+             v_e.remaining, v_e.used, to_json(v_e.reset_at), v_e.retry_after_ms, v_e.fits::text));
     v_remaining := least(v_remaining, v_e.remaining);
     if not v_e.fits then
       v_violated := v_violated || v_names[v_i];
@@ -1164,18 +1191,10 @@ begin
   end loop;
 
   v_e := v_evals[v_bind];
-  v_res.allowed := v_all_fit;
-  v_res."limit" := v_lim[v_bind];
-  v_res.remaining := v_remaining;
-  v_res.reset_at := v_e.reset_at;
-  v_res.retry_after_ms := case when v_all_fit then 0 else v_e.retry_after_ms end;
-  v_res.policy := p_policy.name;
-  v_res.tier := v_tier;
-  v_res.subject := p_subject;
-  v_res.cost := least(greatest(p_cost, -2147483648), 2147483647)::integer;
-  v_res.unit := p_policy.unit;
-  v_res.windows := v_windows;
-  v_res.violated := v_violated;
+  v_res := row(v_all_fit, v_lim[v_bind], v_remaining, v_e.reset_at,
+               case when v_all_fit then 0 else v_e.retry_after_ms end, p_policy.name, v_tier, p_subject,
+               least(greatest(p_cost, -2147483648), 2147483647)::integer, p_policy.unit,
+               (v_json || ']')::jsonb, v_violated)::public.rate_limit_check_result;
 
   if p_mode = 'check' then
     perform nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
