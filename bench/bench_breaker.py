@@ -299,6 +299,10 @@ def main(seconds: float = 5.0) -> str:
             f" {ratio_notes(results, CONSECUTIVE, BASE)}; the failure-rate breaker"
             f" {ratio_notes(results, RATED, BASE)}; two calls of an empty PL/pgSQL function"
             f" (the floor of any pair of function calls) {ratio_notes(results, NOOP, BASE)}.",
+            "Rows move by about 15% from run to run on this shared 2-core machine (the empty"
+            " function's row even beats `select 1` at 1 client in some runs); the prepared read"
+            " at 32 clients measured 0.45x to 0.64x in the runs of 2026-12-02, so compare rows"
+            " of one run only.",
             f"Lock waits sampled every 10 ms at 32 clients: {waits_prepared} (prepared read),"
             f" {waits} (functions, consecutive failures), {waits_rated} (functions,"
             " failure-rate rule).",

@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool
 
 from pgshield import AsyncShield, Shield, ShieldError
 
@@ -43,9 +45,9 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
         ("acquire",), ("release", 3, "success", 1),
     ],
     "disabled and forced open": [
-        ("force", "disabled"), ("acquire",), ("release", 0, "failure", 1),
-        ("force", "forced_open"), ("acquire",), ("reset",), ("acquire",),
-        ("release", 1, "success", 1),
+        ("configure", {}), ("force", "disabled"), ("acquire",), ("release", 0, "failure", 1),
+        ("release", 0, "success", 1), ("force", "forced_open"), ("acquire",), ("reset",),
+        ("acquire",), ("release", 2, "success", 1), ("release", 0, "success", 1),
     ],
     "rate rule counts successes": [
         ("configure", {"failure_threshold": None, "failure_rate": 0.5, "min_calls": 3}),
@@ -60,6 +62,7 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
         ("acquire",), ("release", ("permit", None), "success", 1),
         ("release", ("permit", 7), "success", 1), ("release", 0, "success", -1),
         ("release", ("permit", 99 << 32), "success", 1), ("release", 0, "success", 1),
+        ("release", ("permit", (1 << 32) + 1), "success", 1),
     ],
     "unknown names": [
         ("settings", {"auto_create": False}), ("acquire",), ("release", ("permit", 1 << 32),
@@ -248,3 +251,41 @@ def test_the_async_client_takes_the_same_read(db: str, owner: psycopg.Connection
         "select consecutive_failures from pgshield.breakers where name = 'async'"
     ).fetchone()
     assert failures == (1,)
+
+
+def test_a_planted_to_jsonb_cannot_answer_for_the_function(
+    db: str, owner: psycopg.Connection
+) -> None:
+    # An exact-type to_jsonb in a schema on the caller's search_path would win over the
+    # polymorphic built-in if the read did not qualify it.
+    owner.execute(
+        "create function public.to_jsonb(public.breaker_decision) returns jsonb language sql"
+        """ as $$ select '{"allowed": true, "state": "hijacked", "generation": 1,"""
+        """ "permit": 1, "retry_after_ms": 0, "name": "x"}'::jsonb $$"""
+    )
+    owner.execute("select public.configure_breaker('planted')")
+    owner.execute("select public.force_breaker('planted', 'forced_open', 'test')")
+    with _service_role(db, prepare=True) as c:
+        d = Shield(c).breakers.acquire("planted")
+        assert (d.allowed, d.state, d.permit, d.retry_after_ms) == (False, "forced_open", None, -1)
+        assert _prepared_reads(c) == 1
+
+
+def test_the_callers_json_loaders_do_not_matter(db: str, owner: psycopg.Connection) -> None:
+    owner.execute("select public.configure_breaker('loaders')")
+    owner.execute("select public.force_breaker('loaders', 'forced_open', 'test')")
+    with _service_role(db, prepare=True) as c:
+        c.adapters.register_loader("jsonb", TextLoader)
+        c.adapters.register_loader("json", TextLoader)
+        d = Shield(c).breakers.acquire("loaders")
+        assert (d.allowed, d.state) == (False, "forced_open")
+        assert _prepared_reads(c) == 1
+
+
+def test_an_autocommit_pool_takes_the_read(db: str, owner: psycopg.Connection) -> None:
+    with ConnectionPool(db, min_size=1, max_size=1, kwargs={"autocommit": True}) as pool:
+        shield = Shield(pool)
+        d = shield.breakers.acquire("pooled")
+        assert shield.breakers.release("pooled", d.permit, "success", 1).counted  # type: ignore[arg-type]
+        with pool.connection() as c:
+            assert _prepared_reads(c) == 2

@@ -66,8 +66,8 @@ def scalar(rows: list[Row]) -> Any:
 # psycopg's own default: a statement is prepared on its fifth run (an Op's ``prepared`` at once).
 PREPARE_THRESHOLD = 5
 # The SQLSTATEs that mean a prepared form cannot run for this role or installation (no grant,
-# no such table or column): the client then keeps to the functions.
-_PREPARED_REFUSED = ("42501", "42P01", "42703")
+# no such schema, table or column): the client then keeps to the functions.
+_PREPARED_REFUSED = ("42501", "3F000", "42P01", "42703")
 
 
 def connect(dsn: str, *, timeout: float | None = None, prepare: bool = False) -> psycopg.Connection:
@@ -239,9 +239,10 @@ class _Settings:
 
     def _refused(self, exc: psycopg.Error) -> bool:
         """True (and the prepared forms off from now on) when ``exc`` says they cannot run."""
-        if exc.sqlstate in _PREPARED_REFUSED:
+        refused = exc.sqlstate in _PREPARED_REFUSED
+        if refused:
             self._prepared_refused = True
-        return self._prepared_refused
+        return refused
 
 
 class SyncClient(_Settings):

@@ -27,6 +27,10 @@ class Shield(SyncClient):
     first call. Every method accepts ``conn=`` to run inside the caller's own transaction.
     ``timeout`` bounds every call (the server's ``statement_timeout``, and a stopped server
     too); ``isolation`` and ``retries`` apply when pgshield owns the transaction.
+    ``prepared_statements=True`` lets the connections pgshield opens from a DSN prepare
+    statements (a direct connection, or a pooler in session mode); a connection or pool you
+    pass keeps its own ``prepare_threshold``. Breakers take a cheaper prepared read where
+    statements are prepared and pgshield owns the transaction (an autocommit connection).
     """
 
     rate_limits = namespace(RateLimits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pgshield.breaker.local import SHIFT
 from pgshield.breaker.results import (
     OUTCOMES,
@@ -35,12 +37,16 @@ def outcome_name(outcome: str) -> str:
 
 # The prepared forms of acquire and release (see Op.prepared): one plain indexed read of the
 # breaker's row that answers the healthy path itself, the same test as the function's first
-# branch, and calls the function in the same statement for everything else. No row: the name
-# is unknown (or not readable by this role), and the function call answers.
-# pgshield.breakers grants service_role these columns (and nothing else) for this read.
+# branch, and calls the function in the same statement for everything else (its result as JSON
+# text, read with json.loads whatever loaders the connection has). No row: the name is unknown
+# (or not readable by this role), and the function call answers.
+# pgshield.breakers grants service_role these columns (and nothing else) for this read. The
+# statements run under the caller's search_path: every function is schema-qualified (a
+# polymorphic to_jsonb could otherwise be shadowed by one for the result type), and the
+# operators and casts are built-in exact matches, which pg_catalog, searched first, resolves.
 PREPARED_ACQUIRE = (
     "select b.state, b.generation, case when b.state in ('closed', 'disabled') then null"
-    " else to_jsonb(public.acquire_breaker(b.name)) end as slow"
+    " else pg_catalog.to_jsonb(public.acquire_breaker(b.name))::text end as slow"
     " from pgshield.breakers b where b.name = %(name)s::text"
 )
 PREPARED_RELEASE = (
@@ -48,8 +54,8 @@ PREPARED_RELEASE = (
     " and %(permit)s::bigint = b.generation * 4294967296 and %(outcome)s::text = 'success'"
     " and b.consecutive_failures = 0 and b.failure_rate is null and b.slow_call_rate is null"
     " and (%(ms)s::integer is null or %(ms)s::integer >= 0) then null"
-    " else to_jsonb(public.release_breaker(b.name, %(permit)s::bigint, %(outcome)s::text,"
-    " %(ms)s::integer)) end as slow"
+    " else pg_catalog.to_jsonb(public.release_breaker(b.name, %(permit)s::bigint,"
+    " %(outcome)s::text, %(ms)s::integer))::text end as slow"
     " from pgshield.breakers b where b.name = %(name)s::text"
 )
 
@@ -60,7 +66,7 @@ def acquire_op(name: str) -> Op[Decision]:
             return None
         r = rows[0]
         if r["slow"] is not None:
-            return parse_decision([r["slow"]])
+            return parse_decision([json.loads(r["slow"])])
         gen = int(r["generation"])
         return Decision(name, True, r["state"], gen, gen * SHIFT, 0)
 
@@ -80,7 +86,7 @@ def release_op(name: str, permit: int, outcome: str, duration_ms: int | None) ->
             return None
         r = rows[0]
         if r["slow"] is not None:
-            return parse_release([r["slow"]])
+            return parse_release([json.loads(r["slow"])])
         return Release(name, r["state"], int(r["generation"]), False, True)
 
     params = {"name": name, "permit": permit, "outcome": outcome_name(outcome), "ms": duration_ms}
