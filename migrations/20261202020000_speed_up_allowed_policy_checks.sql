@@ -4,10 +4,14 @@
 -- fits, the windows are judged inline with rate_limit_evaluate's arithmetic
 -- for that case instead of one call per window (a refusal and token buckets
 -- still go through rate_limit_evaluate); the windows of the result are built
--- as text and parsed once instead of with jsonb_build_object per window.
+-- as text and parsed once instead of with jsonb_build_object per window;
+-- the written windows are collected with one aggregate instead of two.
 -- request_guard_decide reads the clock for the headers itself (what
--- pgshield.now() does) instead of calling it. Decisions, results, errors
--- and the order of locking are unchanged.
+-- pgshield.now() does) instead of calling it, for allowed and denied
+-- requests in one place, and when the request has no
+-- response.headers yet writes the text jsonb would print instead of
+-- building the jsonb. Decisions, results, errors, headers and the order of
+-- locking are unchanged.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -53,7 +57,6 @@ declare
   v_e pgshield.rate_limit_eval;
   v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
   v_all_fit boolean := true;
-  v_rows integer := 0;
   v_res public.rate_limit_check_result;
   v_bind integer;
   v_remaining integer;
@@ -118,12 +121,10 @@ begin
     end loop;
   end if;
   if p_mode <> 'usage' and (p_policy.algorithm = 'token_bucket' or not v_all_fit) then
-    v_evals := array[]::pgshield.rate_limit_eval[];
-    v_all_fit := true;
     for v_i in 1 .. v_n loop
       v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
         v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], false);
-      v_evals := v_evals || v_e;
+      v_evals[v_i] := v_e;  -- over what the loop above wrote; v_all_fit is false already then
       v_all_fit := v_all_fit and v_e.fits;
     end loop;
   end if;
@@ -160,11 +161,10 @@ begin
          and s.tat is not distinct from v_tat[array_position(v_ws, s.window_seconds)]
       -- Every state a decision writes has a window_start; an empty row has none.
       returning s.window_seconds, s.window_start is not null as decided)
-    select count(*) filter (where decided), array_agg(window_seconds) filter (where decided)
-      into v_rows, v_wrote from written;
+    select array_agg(window_seconds) filter (where decided) into v_wrote from written;
   end if;
 
-  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and v_rows < v_n) then
+  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and coalesce(cardinality(v_wrote), 0) < v_n) then
     if p_mode = 'usage' then
       -- Lock every window's row in window order; missing rows are inserted
       -- empty by the same statement (an empty row reads as no row).
@@ -342,14 +342,20 @@ begin
   end;
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
     case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
+  if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
+    return;
+  end if;
+  -- pgshield.now(), read here (no call)
+  v_headers := pgshield.guard_headers(v_res, coalesce(
+    (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
   if v_res.allowed then
-    if not coalesce(v_rule.allowed_headers, true) then
+    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
+    if v_sent is null then
+      -- Nothing sent yet: the text jsonb would print, without building it.
+      perform set_config('response.headers', format('[{"RateLimit": %s}, {"RateLimit-Policy": %s}]',
+        v_headers -> 'RateLimit', v_headers -> 'RateLimit-Policy'), true);
       return;
     end if;
-    -- pgshield.now(), read here (no call)
-    v_headers := pgshield.guard_headers(v_res, coalesce(
-      (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
-    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     perform set_config('response.headers',
       (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end
        || jsonb_build_array(jsonb_build_object('RateLimit', v_headers -> 'RateLimit'),
@@ -357,7 +363,6 @@ begin
       true);
     return;
   end if;
-  v_headers := pgshield.guard_headers(v_res, pgshield.now());
   raise sqlstate 'PGRST' using
     message = jsonb_build_object(
       'code', 'PT429',

@@ -186,14 +186,20 @@ begin
   end;
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
     case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
+  if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
+    return;
+  end if;
+  -- pgshield.now(), read here (no call)
+  v_headers := pgshield.guard_headers(v_res, coalesce(
+    (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
   if v_res.allowed then
-    if not coalesce(v_rule.allowed_headers, true) then
+    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
+    if v_sent is null then
+      -- Nothing sent yet: the text jsonb would print, without building it.
+      perform set_config('response.headers', format('[{"RateLimit": %s}, {"RateLimit-Policy": %s}]',
+        v_headers -> 'RateLimit', v_headers -> 'RateLimit-Policy'), true);
       return;
     end if;
-    -- pgshield.now(), read here (no call)
-    v_headers := pgshield.guard_headers(v_res, coalesce(
-      (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
-    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     perform set_config('response.headers',
       (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end
        || jsonb_build_array(jsonb_build_object('RateLimit', v_headers -> 'RateLimit'),
@@ -201,7 +207,6 @@ begin
       true);
     return;
   end if;
-  v_headers := pgshield.guard_headers(v_res, pgshield.now());
   raise sqlstate 'PGRST' using
     message = jsonb_build_object(
       'code', 'PT429',

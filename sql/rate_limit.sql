@@ -966,7 +966,6 @@ declare
   v_e pgshield.rate_limit_eval;
   v_evals pgshield.rate_limit_eval[] := array[]::pgshield.rate_limit_eval[];
   v_all_fit boolean := true;
-  v_rows integer := 0;
   v_res public.rate_limit_check_result;
   v_bind integer;
   v_remaining integer;
@@ -1031,12 +1030,10 @@ begin
     end loop;
   end if;
   if p_mode <> 'usage' and (p_policy.algorithm = 'token_bucket' or not v_all_fit) then
-    v_evals := array[]::pgshield.rate_limit_eval[];
-    v_all_fit := true;
     for v_i in 1 .. v_n loop
       v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
         v_alg[v_i], v_start[v_i], v_count[v_i], v_prev[v_i], v_tat[v_i], false);
-      v_evals := v_evals || v_e;
+      v_evals[v_i] := v_e;  -- over what the loop above wrote; v_all_fit is false already then
       v_all_fit := v_all_fit and v_e.fits;
     end loop;
   end if;
@@ -1073,11 +1070,10 @@ begin
          and s.tat is not distinct from v_tat[array_position(v_ws, s.window_seconds)]
       -- Every state a decision writes has a window_start; an empty row has none.
       returning s.window_seconds, s.window_start is not null as decided)
-    select count(*) filter (where decided), array_agg(window_seconds) filter (where decided)
-      into v_rows, v_wrote from written;
+    select array_agg(window_seconds) filter (where decided) into v_wrote from written;
   end if;
 
-  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and v_rows < v_n) then
+  if p_mode = 'usage' or (p_mode = 'check' and v_all_fit and coalesce(cardinality(v_wrote), 0) < v_n) then
     if p_mode = 'usage' then
       -- Lock every window's row in window order; missing rows are inserted
       -- empty by the same statement (an empty row reads as no row).

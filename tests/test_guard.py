@@ -103,6 +103,27 @@ def test_reads_are_checked_never_counted_and_never_fail_read_only(
     assert request(owner, "GET").status == 429  # the quota is used up: reads are refused too
 
 
+def test_allowed_headers_are_the_text_jsonb_prints(owner: psycopg.Connection) -> None:
+    """Written as text when nothing was sent yet, appended as jsonb after a hook's headers:
+    either way response.headers is exactly what jsonb would print."""
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    for sent in (None, '[{"X-Project": "yes"}]', '{"not": "an array"}'):
+        path = "/pgshield_t_todos"
+        with act_as(owner, "authenticated", sub=ALICE, method="POST", path=path) as c:
+            if sent is not None:
+                c.execute("select set_config('response.headers', %s, true)", (sent,))
+            c.execute("select pgshield.request_guard()")
+            row = c.execute(
+                "select h, h::jsonb::text from current_setting('response.headers') h"
+            ).fetchone()
+        assert row is not None and row[0] == row[1], row
+        names = [k for h in json.loads(row[0]) for k in h]
+        assert names == (["X-Project"] if sent and "X-" in sent else []) + [
+            "RateLimit",
+            "RateLimit-Policy",
+        ]
+
+
 def test_headers_on_allowed_responses_are_optional(owner: psycopg.Connection) -> None:
     Shield(owner).guard.set_options(allowed_headers=False)
     assert request(owner) == Answer(200, {})
