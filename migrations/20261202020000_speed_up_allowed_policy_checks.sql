@@ -5,7 +5,10 @@
 -- for that case instead of one call per window (a refusal and token buckets
 -- still go through rate_limit_evaluate); the windows of the result are built
 -- as text and parsed once instead of with jsonb_build_object per window;
--- the written windows are collected with one aggregate instead of two.
+-- the written windows are collected with one aggregate instead of two; the
+-- read takes the tier from the windows it joined, so the subject's tier is
+-- looked up once (naming the lookup's result twice had the planner run it
+-- twice).
 -- request_guard_decide reads the clock for the headers itself (what
 -- pgshield.now() does) instead of calling it, for allowed and denied
 -- requests in one place, and when the request has no
@@ -74,7 +77,7 @@ begin
          coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                   clock_timestamp())
     into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat, v_now
-    from (select t.tier, w.window_seconds, w.limit_value, w.name, s.algorithm, s.window_start,
+    from (select w.tier, w.window_seconds, w.limit_value, w.name, s.algorithm, s.window_start,
                  coalesce(s.count, 0) as count, coalesce(s.prev_count, 0) as prev_count, s.tat
             from (select coalesce(
                            (select st.tier from pgshield.rate_limit_subject_tiers st

@@ -983,7 +983,7 @@ begin
          coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                   clock_timestamp())
     into v_tier, v_ws, v_lim, v_names, v_alg, v_start, v_count, v_prev, v_tat, v_now
-    from (select t.tier, w.window_seconds, w.limit_value, w.name, s.algorithm, s.window_start,
+    from (select w.tier, w.window_seconds, w.limit_value, w.name, s.algorithm, s.window_start,
                  coalesce(s.count, 0) as count, coalesce(s.prev_count, 0) as prev_count, s.tat
             from (select coalesce(
                            (select st.tier from pgshield.rate_limit_subject_tiers st
