@@ -146,3 +146,35 @@ def test_bad_settings_are_refused() -> None:
         Shield("postgresql://x", isolation="chaos")
     with pytest.raises(ValueError, match="timeout"):
         Shield("postgresql://x", timeout=0)
+
+
+SETTINGS = Op(
+    "select current_setting('statement_timeout') as timeout,"
+    " current_setting('transaction_isolation') as isolation,"
+    " now() < statement_timestamp() as after_the_preamble",
+    parse=lambda rows: tuple(rows[0].values()),
+)
+
+
+def test_the_timeout_is_local_to_each_call(db: str) -> None:
+    # The preamble and the call go as one pipeline, in the implicit transaction that lasts
+    # until its Sync: the call sees the preamble's setting (and a transaction that started
+    # before it), and the session keeps its own afterwards.
+    with Shield(db, timeout=1.5) as shield:
+        assert shield.call(SETTINGS) == ("1500ms", "read committed", True)
+        assert shield._conn is not None
+        assert shield._conn.execute("show statement_timeout").fetchone() == ("0",)
+        assert shield.call(Op("select 1 as one", parse=scalar)) == 1
+    with Shield(db, timeout=1.5, isolation="repeatable read") as shield:
+        assert shield.call(SETTINGS) == ("1500ms", "repeatable read", True)
+
+
+def test_the_async_timeout_is_local_to_each_call(db: str) -> None:
+    async def scenario() -> tuple[object, object]:
+        async with AsyncShield(db, timeout=0.75) as shield:
+            got = await shield.call(SETTINGS)
+            assert shield._conn is not None
+            cur = await shield._conn.execute("show statement_timeout")
+            return got, await cur.fetchone()
+
+    assert asyncio.run(scenario()) == (("750ms", "read committed", True), ("0",))

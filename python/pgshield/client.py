@@ -63,6 +63,8 @@ def scalar(rows: list[Row]) -> Any:
     return next(iter(one(rows).values()))
 
 
+# libpq 14 or later: statements can be pipelined (the binary package bundles a newer one).
+_PIPELINE = psycopg.Pipeline.is_supported()
 # psycopg's own default: a statement is prepared on its fifth run (an Op's ``prepared`` at once).
 PREPARE_THRESHOLD = 5
 # The SQLSTATEs that mean a prepared form cannot run for this role or installation (no grant,
@@ -220,6 +222,12 @@ class _Settings:
             )
         return stmts
 
+    def _pipelined(self) -> bool:
+        """True when the preamble and the call may go as one pipeline, in the implicit
+        transaction that lasts until its Sync: one round trip instead of four (begin, the
+        preamble, the call, commit). An isolation level needs a real transaction block."""
+        return not self.isolation and _PIPELINE
+
     @staticmethod
     def _owns_transaction(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool:
         """True when a call on ``conn`` may open (and retry) its own transaction."""
@@ -344,6 +352,12 @@ class SyncClient(_Settings):
             if not preamble:
                 cur.execute(op.sql, op.params, prepare=prepare)
                 return cur.fetchall() if cur.description else []
+            if self._pipelined():
+                with conn.pipeline():
+                    for sql, params in preamble:
+                        conn.execute(sql, params)
+                    cur.execute(op.sql, op.params, prepare=prepare)
+                return cur.fetchall() if cur.description else []
             with conn.transaction():
                 for sql, params in preamble:
                     cur.execute(sql, params)
@@ -450,6 +464,12 @@ class AsyncClient(_Settings):
         async with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
                 await cur.execute(op.sql, op.params, prepare=prepare)
+                return await cur.fetchall() if cur.description else []
+            if self._pipelined():
+                async with conn.pipeline():
+                    for sql, params in preamble:
+                        await conn.execute(sql, params)
+                    await cur.execute(op.sql, op.params, prepare=prepare)
                 return await cur.fetchall() if cur.description else []
             async with conn.transaction():
                 for sql, params in preamble:
