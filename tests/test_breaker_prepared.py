@@ -190,12 +190,15 @@ def test_healthy_path_is_one_prepared_statement_per_call(
     assert sorted(r[0] for r in rows) == [3, 3]
 
 
-def test_a_refused_read_falls_back_to_the_functions(db: str, owner: psycopg.Connection) -> None:
+@pytest.mark.parametrize("timeout", [None, 1.0])
+def test_a_refused_read_falls_back_to_the_functions(
+    db: str, owner: psycopg.Connection, timeout: float | None
+) -> None:
     # An installation where service_role may call the functions but not read the table (the
     # grant revoked): the read fails with 42501 once, then the client keeps to the functions.
     owner.execute("revoke select on table pgshield.breakers from service_role")
     with _service_role(db, prepare=True) as c:
-        shield = Shield(c)
+        shield = Shield(c, timeout=timeout)  # with a timeout, the refusal ends a pipeline
         d = shield.breakers.acquire("fallback")
         assert (d.allowed, d.state, d.permit) == (True, "closed", 1 << 32)
         assert shield._prepared_refused
