@@ -9,12 +9,13 @@
 -- read takes the tier from the windows it joined, so the subject's tier is
 -- looked up once (naming the lookup's result twice had the planner run it
 -- twice).
--- request_guard_decide reads the clock for the headers itself (what
--- pgshield.now() does) instead of calling it, for allowed and denied
--- requests in one place, and when the request has no
--- response.headers yet writes the text jsonb would print instead of
--- building the jsonb. Decisions, results, errors, headers and the order of
--- locking are unchanged.
+-- request_guard_decide builds the headers itself, in the statement
+-- guard_headers ran (its only caller; dropped), reading the clock there
+-- (what pgshield.now() does) instead of calling either, for allowed and
+-- denied requests in one place; when the request has no response.headers
+-- yet it writes the text jsonb would print instead of building the jsonb.
+-- Decisions, results, errors, headers and the order of locking are
+-- unchanged.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -348,9 +349,30 @@ begin
   if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
     return;
   end if;
-  -- pgshield.now(), read here (no call)
-  v_headers := pgshield.guard_headers(v_res, coalesce(
-    (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
+  -- The rate limit headers, as one JSON object of header name -> value (the
+  -- IETF httpapi draft's RateLimit-Policy and RateLimit, and Retry-After on a
+  -- denial that can succeed later), in one statement over the windows, at
+  -- pgshield.now() (read here, no call).
+  select jsonb_build_object(
+           'RateLimit-Policy',
+           string_agg(format('"%s-%s";q=%s;w=%s%s', v_res.policy, w ->> 'name', w ->> 'limit',
+                             w ->> 'window_seconds',
+                             case when v_res.unit = 'requests' then ';qu="requests"' else '' end), ', '),
+           'RateLimit',
+           format('"%s-%s";r=%s;t=%s', v_res.policy,
+                  coalesce((array_agg(w ->> 'name')
+                              filter (where (w ->> 'limit')::integer = v_res."limit"
+                                        and (w ->> 'reset_at')::timestamptz = v_res.reset_at))[1],
+                           (array_agg(w ->> 'name'))[1]),
+                  v_res.remaining,
+                  greatest(ceil(extract(epoch from v_res.reset_at
+                    - coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                               clock_timestamp()))), 0)::bigint))
+         || case when not v_res.allowed and v_res.retry_after_ms > 0
+                 then jsonb_build_object('Retry-After', ceil(v_res.retry_after_ms / 1000.0)::bigint::text)
+                 else '{}'::jsonb end
+    into v_headers
+    from jsonb_array_elements(v_res.windows) w;
   if v_res.allowed then
     v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     if v_sent is null then
@@ -380,3 +402,8 @@ $$;
 
 revoke all on function pgshield.request_guard_decide() from public, anon, authenticated, service_role;
 grant execute on function pgshield.request_guard_decide() to anon, authenticated, service_role;
+
+-- Its statement is part of request_guard_decide now (an internal function:
+-- no client calls it).
+-- squawk-ignore ban-drop-function
+drop function if exists pgshield.guard_headers(public.rate_limit_check_result, timestamptz);

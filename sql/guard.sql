@@ -81,46 +81,6 @@ alter table pgshield.guard_options enable row level security;
 revoke all on table pgshield.guard_options from public, anon, authenticated, service_role;
 insert into pgshield.guard_options (id) values (true) on conflict (id) do nothing;
 
--- ---------------------------------------------------------------- answers ----
-
--- The rate limit headers of a policy decision, as one JSON object of header
--- name -> value (the IETF httpapi draft's RateLimit-Policy and RateLimit, and
--- Retry-After on a denial that can succeed later). One statement over the
--- windows (PL/pgSQL keeps its plan; a SQL function would plan it every call).
--- Callers: pack functions. Errors: none.
-create or replace function pgshield.guard_headers(p_res public.rate_limit_check_result, p_now timestamptz)
-returns jsonb
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_headers jsonb;
-begin
-  select jsonb_build_object(
-           'RateLimit-Policy',
-           string_agg(format('"%s-%s";q=%s;w=%s%s', p_res.policy, w ->> 'name', w ->> 'limit',
-                             w ->> 'window_seconds',
-                             case when p_res.unit = 'requests' then ';qu="requests"' else '' end), ', '),
-           'RateLimit',
-           format('"%s-%s";r=%s;t=%s', p_res.policy,
-                  coalesce((array_agg(w ->> 'name')
-                              filter (where (w ->> 'limit')::integer = p_res."limit"
-                                        and (w ->> 'reset_at')::timestamptz = p_res.reset_at))[1],
-                           (array_agg(w ->> 'name'))[1]),
-                  p_res.remaining,
-                  greatest(ceil(extract(epoch from p_res.reset_at - p_now)), 0)::bigint))
-         || case when not p_res.allowed and p_res.retry_after_ms > 0
-                 then jsonb_build_object('Retry-After', ceil(p_res.retry_after_ms / 1000.0)::bigint::text)
-                 else '{}'::jsonb end
-    into v_headers
-    from jsonb_array_elements(p_res.windows) w;
-  return v_headers;
-end
-$$;
-
-revoke all on function pgshield.guard_headers(public.rate_limit_check_result, timestamptz)
-  from public, anon, authenticated, service_role;
-
 -- ------------------------------------------------------------------- hook ----
 
 -- The pre-request function chained before the guard (schema.name), if any.
@@ -189,9 +149,30 @@ begin
   if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
     return;
   end if;
-  -- pgshield.now(), read here (no call)
-  v_headers := pgshield.guard_headers(v_res, coalesce(
-    (select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c), clock_timestamp()));
+  -- The rate limit headers, as one JSON object of header name -> value (the
+  -- IETF httpapi draft's RateLimit-Policy and RateLimit, and Retry-After on a
+  -- denial that can succeed later), in one statement over the windows, at
+  -- pgshield.now() (read here, no call).
+  select jsonb_build_object(
+           'RateLimit-Policy',
+           string_agg(format('"%s-%s";q=%s;w=%s%s', v_res.policy, w ->> 'name', w ->> 'limit',
+                             w ->> 'window_seconds',
+                             case when v_res.unit = 'requests' then ';qu="requests"' else '' end), ', '),
+           'RateLimit',
+           format('"%s-%s";r=%s;t=%s', v_res.policy,
+                  coalesce((array_agg(w ->> 'name')
+                              filter (where (w ->> 'limit')::integer = v_res."limit"
+                                        and (w ->> 'reset_at')::timestamptz = v_res.reset_at))[1],
+                           (array_agg(w ->> 'name'))[1]),
+                  v_res.remaining,
+                  greatest(ceil(extract(epoch from v_res.reset_at
+                    - coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                               clock_timestamp()))), 0)::bigint))
+         || case when not v_res.allowed and v_res.retry_after_ms > 0
+                 then jsonb_build_object('Retry-After', ceil(v_res.retry_after_ms / 1000.0)::bigint::text)
+                 else '{}'::jsonb end
+    into v_headers
+    from jsonb_array_elements(v_res.windows) w;
   if v_res.allowed then
     v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     if v_sent is null then
