@@ -972,7 +972,7 @@ declare
   v_json text := '[';
   v_violated text[] := array[]::text[];
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
-  v_a numeric;
+  v_a numeric; v_u numeric;
 begin
   -- Tier, windows, a plain read of their state and the clock, in one
   -- statement. The windows come in window order from the primary key (one
@@ -1021,9 +1021,12 @@ begin
         exit;
       end if;
       v_cur := v_cur + p_cost;
+      -- ceil(v_a / v_w), the previous window's share: used is count + it, and the
+      -- evaluator's remaining, div(limit * w - a - count * w, w), is limit - used.
+      v_u := div(v_a, v_w);
+      v_u := case when v_u * v_w < v_a then v_u + 1 else v_u end;
       v_evals[v_i] := row(true, timestamptz 'epoch' + v_s0 * interval '1 microsecond', v_cur, v_pv, null,
-        least(greatest(div(v_lim[v_i]::numeric * v_w - v_a - v_cur::numeric * v_w, v_w), 0), v_lim[v_i]),
-        v_cur + case when div(v_a, v_w) * v_w < v_a then div(v_a, v_w) + 1 else div(v_a, v_w) end,
+        least(greatest(v_lim[v_i] - v_cur - v_u, 0), v_lim[v_i]), v_cur + v_u,
         timestamptz 'epoch' + (v_s0 + case when p_policy.algorithm = 'fixed_window' then v_w else 2 * v_w end)
                               * interval '1 microsecond',
         0)::pgshield.rate_limit_eval;
