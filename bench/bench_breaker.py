@@ -61,6 +61,7 @@ CALL = {"outcome": "success", "ms": "5"}
 NAIVE_WORKERS, NAIVE_FAILURES = 16, 50
 PY_PGSHIELD = "pgshield from Python (psycopg)"
 PY_SHIELD = "pgshield's client, prepared read (`Shield.breakers`)"
+PY_DECORATOR = "pgshield's `Breaker(dsn, name).run(fn)` (defaults: 1 s timeout, functions)"
 
 
 def pair(name: str) -> str:
@@ -160,6 +161,19 @@ def shield_caller(dsn: str) -> Callable[[], None]:
     return call
 
 
+def decorator_caller(dsn: str) -> Callable[[], None]:
+    """``Breaker(dsn, name).run(fn)`` with its defaults (a 1 s timeout, so each call sets its
+    statement_timeout: one pipelined round trip), like pybreaker's ``call()``."""
+    from pgshield.breaker import Breaker
+
+    breaker = Breaker(dsn, "bench")
+
+    def call() -> None:
+        breaker.run(lambda: None)
+
+    return call
+
+
 def pybreaker_caller(port: int) -> Callable[[], None]:
     """One pybreaker call of a function that succeeds, state in Redis (pybreaker's storage)."""
     import pybreaker
@@ -213,6 +227,7 @@ def processes(name: str, make: Callable[..., Callable[[], None]], arg: Any, clie
 def python_rows(dsn: str, seconds: float, notes: list[str]) -> list[Result]:
     rows = [processes(PY_PGSHIELD, pgshield_caller, dsn, n, seconds) for n in CLIENTS]
     rows += [processes(PY_SHIELD, shield_caller, dsn, n, seconds) for n in CLIENTS]
+    rows += [processes(PY_DECORATOR, decorator_caller, dsn, n, seconds) for n in CLIENTS]
     try:
         import pybreaker  # noqa: F401
         import redis  # noqa: F401
@@ -313,8 +328,9 @@ def main(seconds: float = 5.0) -> str:
             "From Python worker processes (one connection each; a call of a function that"
             " succeeds: pgshield's acquire + release pair as two function calls without"
             " prepared statements, the same pair through `Shield.breakers` on a connection that"
-            " prepares them, pybreaker's `call()` with its state in Redis on loopback, no"
-            " persistence):",
+            " prepares them, a `Breaker` built from the DSN with its defaults (each call with"
+            " its statement_timeout: one pipelined round trip), pybreaker's `call()` with its"
+            " state in Redis on loopback, no persistence):",
             "",
             format_table(py, {"vs pgshield from Python": PY_PGSHIELD}),
             *(["", *notes] if notes else []),
