@@ -153,23 +153,6 @@ comment on table pgshield.breaker_buckets is
 alter table pgshield.breaker_buckets enable row level security;
 revoke all on table pgshield.breaker_buckets from public, anon, authenticated, service_role;
 
--- ------------------------------------------------------------- tombstones ----
--- The last generation of every dropped breaker. A breaker created again under
--- the same name starts after it, so a permit handed out before the drop can
--- never pass for a current one (generations never move back). Names come
--- from service_role only; a tombstone is a few bytes and is kept.
-
-create table if not exists pgshield.breaker_tombstones (
-  name text primary key,
-  generation bigint not null
-    constraint breaker_tombstones_generation_check check (generation between 1 and 2147483647),
-  dropped_at timestamptz not null default now()
-);
-comment on table pgshield.breaker_tombstones is
-  'The last generation of each dropped breaker: a new breaker of that name starts after it.';
-alter table pgshield.breaker_tombstones enable row level security;
-revoke all on table pgshield.breaker_tombstones from public, anon, authenticated, service_role;
-
 -- ------------------------------------------------------------------ events ----
 -- One row per state change, written by the transaction that made it.
 
@@ -310,16 +293,12 @@ begin
     raise exception using errcode = 'PT404', message = format('unknown breaker %L', p_name),
       hint = 'create it with configure_breaker(), or turn auto_create on with pgshield.set_breaker_settings()';
   end if;
-  -- Creations take turns on the settings row, so concurrent ones cannot pass the cap together.
-  perform 1 from pgshield.breaker_settings s where s.id for update;
   if (select count(*) from pgshield.breakers) >= coalesce(v_settings.max_breakers, 1000) then
     raise exception using errcode = 'PT409',
       message = format('breaker %L not created: there are already %s breakers', p_name, v_settings.max_breakers),
       hint = 'breaker names must not come from user input; raise max_breakers with pgshield.set_breaker_settings()';
   end if;
-  insert into pgshield.breakers (name, changed_at, generation)
-  values (p_name, pgshield.now(),
-          coalesce((select t.generation + 1 from pgshield.breaker_tombstones t where t.name = p_name), 1))
+  insert into pgshield.breakers (name, changed_at) values (p_name, pgshield.now())
   on conflict (name) do nothing;
   select * into v_b from pgshield.breakers b where b.name = p_name;
   return v_b;
@@ -772,12 +751,10 @@ begin
 
   insert into pgshield.breakers as b
     (name, failure_threshold, failure_rate, min_calls, window_seconds, slow_call_ms, slow_call_rate,
-     open_ms, backoff_factor, max_open_ms, half_open_permits, lease_ms, success_threshold, changed_at,
-     generation)
+     open_ms, backoff_factor, max_open_ms, half_open_permits, lease_ms, success_threshold, changed_at)
   values (p_name, p_failure_threshold, p_failure_rate, p_min_calls, p_window_seconds, p_slow_call_ms,
           p_slow_call_rate, p_open_ms, p_backoff_factor, v_max_open, p_half_open_permits, p_lease_ms,
-          p_success_threshold, pgshield.now(),
-          coalesce((select t.generation + 1 from pgshield.breaker_tombstones t where t.name = p_name), 1))
+          p_success_threshold, pgshield.now())
   on conflict (name) do update
      set failure_threshold = excluded.failure_threshold, failure_rate = excluded.failure_rate,
          min_calls = excluded.min_calls, window_seconds = excluded.window_seconds,
@@ -855,10 +832,8 @@ $$;
 revoke all on function public.force_breaker(text, text, text) from public, anon, authenticated, service_role;
 grant execute on function public.force_breaker(text, text, text) to service_role;
 
--- Forgets a breaker: its row, leases, counters and events (its last
--- generation is kept as a tombstone). Returns whether it existed. Permits
--- handed out before are then refused (PT404), and stay stale if a breaker of
--- the same name is created again.
+-- Forgets a breaker: its row, leases, counters and events. Returns whether it
+-- existed. Permits handed out before are then refused (PT404).
 -- Callers: service_role. Errors: 22023 bad name; 42501 other roles.
 create or replace function public.drop_breaker(p_name text) returns boolean
 language plpgsql volatile security definer
@@ -869,9 +844,6 @@ begin
   perform pgshield.breaker_check_name(p_name);
   delete from pgshield.breaker_buckets k where k.name = p_name;
   delete from pgshield.breaker_events e where e.name = p_name;
-  insert into pgshield.breaker_tombstones as t (name, generation)
-  select b.name, b.generation from pgshield.breakers b where b.name = p_name
-  on conflict (name) do update set generation = greatest(t.generation, excluded.generation), dropped_at = now();
   delete from pgshield.breakers b where b.name = p_name;
   return found;
 end

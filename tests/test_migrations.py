@@ -16,7 +16,15 @@ from click.testing import CliRunner
 
 from pgshield.cli import main
 from pgshield.errors import MigrationError
-from pgshield.migrations import NAME_RE, discover, export, migrate, split_statements, status
+from pgshield.migrations import (
+    NAME_RE,
+    SUPERSEDED,
+    discover,
+    export,
+    migrate,
+    split_statements,
+    status,
+)
 from pgshield.resources import MODULE_ORDER, migrations_dir, sql_dir
 
 PGSHIELD = [sys.executable, "-m", "pgshield.cli"]
@@ -139,6 +147,43 @@ def test_edited_applied_migration_is_refused_naming_the_file(bare_db: str, tmp_p
         states = status(conn, discover(folder))
     assert states[0].edited is True
     assert not any(s.edited for s in states[1:])
+
+
+def test_a_superseded_checksum_is_not_an_edit(bare_db: str) -> None:
+    # 20261201224000_create_breaker.sql was edited on main after it had landed, then restored;
+    # a database that recorded the edited file's checksum migrates on, any other is refused.
+    [(version, [sha])] = [(v, sorted(s)) for v, s in SUPERSEDED.items()]
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn)
+        update = "update supabase_migrations.pgshield_checksums set sha256 = %s where version = %s"
+        conn.execute(update, (sha, version))
+        assert migrate(conn) == []
+        assert not any(s.edited for s in status(conn))
+        conn.execute(update, ("0" * 64, version))
+        with pytest.raises(MigrationError, match=version):
+            migrate(conn)
+
+
+def test_the_tombstones_migration_converges_where_the_table_exists(
+    bare_db: str, tmp_path: Path
+) -> None:
+    # A database that ran the edited create_breaker file has the table (and tombstones in it)
+    # before 20261202030000 runs: the migration keeps both and completes.
+    folder = _copy_migrations(tmp_path)
+    carrier = next(folder.glob("20261202030000_*.sql"))
+    body = carrier.read_text()
+    carrier.unlink()
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn, migrations=discover(folder))
+        table = body[body.index("create table if not exists pgshield.breaker_tombstones") :]
+        conn.execute(table[: table.index(");") + 2])
+        conn.execute("insert into pgshield.breaker_tombstones (name, generation) values ('x', 7)")
+        carrier.write_text(body)
+        assert [m.filename for m in migrate(conn, migrations=discover(folder))] == [carrier.name]
+        conn.execute("select public.configure_breaker('x')")
+        assert conn.execute(
+            "select generation from pgshield.breakers where name = 'x'"
+        ).fetchone() == (8,)
 
 
 def test_failing_migration_rolls_back_alone_and_names_its_file(

@@ -41,6 +41,18 @@ create table if not exists supabase_migrations.pgshield_checksums (
 """
 
 
+# Checksums a migration file had on main after it had landed, before it was restored to the
+# content first applied (that edit belonged in a new migration, which now carries it and is
+# idempotent for databases that ran the edited file). A database that recorded one of these
+# ran that version: it is not refused as edited.
+SUPERSEDED: dict[str, frozenset[str]] = {
+    # 20261201224000_create_breaker.sql with the tombstones of 20261202030000 written into it.
+    "20261201224000": frozenset(
+        {"658c32c11895ae50d792298f9a68ac025ce0cf2606f3125662ac86898cba29c6"}
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Migration:
     """One migration file: ``<14-digit UTC timestamp>_<name>.sql``."""
@@ -163,7 +175,9 @@ def status(
         MigrationState(
             m,
             applied=m.version in versions,
-            edited=m.version in sums and sums[m.version] != m.sha256,
+            edited=m.version in sums
+            and sums[m.version] != m.sha256
+            and sums[m.version] not in SUPERSEDED.get(m.version, frozenset()),
         )
         for m in migrations
     ]
