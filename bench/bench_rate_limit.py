@@ -27,9 +27,9 @@ from harness import (
     write_section,
 )
 from pgshield.client import connect
+from pgshield.resources import module_sql
 
 HERE = Path(__file__).resolve().parent
-RATE_LIMIT_SQL = HERE.parent / "sql" / "rate_limit.sql"
 LUA = HERE / "redis_fixed_window.lua"
 
 CLIENTS = (1, 8, 32)
@@ -171,7 +171,7 @@ def prepare(conn: psycopg.Connection) -> dict[str, str]:
     ).fetchone()
     if not (present and present[0]):
         with conn.transaction():
-            conn.execute(RATE_LIMIT_SQL.read_text())
+            conn.execute(module_sql("rate_limit"))
     execute_script(conn, SETUP_SQL)
     for algorithm in ALGORITHMS:
         conn.execute(

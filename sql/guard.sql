@@ -145,34 +145,14 @@ begin
     else v_role
   end;
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
-    case when current_setting('transaction_read_only') = 'on' then 'peek' else 'check' end);
+    case when current_setting('transaction_read_only') = 'on' then 'guard_peek' else 'guard' end);
   if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
     return;
   end if;
-  -- The rate limit headers, as one JSON object of header name -> value (the
-  -- IETF httpapi draft's RateLimit-Policy and RateLimit, and Retry-After on a
-  -- denial that can succeed later), in one statement over the windows, at
-  -- pgshield.now() (read here, no call).
-  select jsonb_build_object(
-           'RateLimit-Policy',
-           string_agg(format('"%s-%s";q=%s;w=%s%s', v_res.policy, w ->> 'name', w ->> 'limit',
-                             w ->> 'window_seconds',
-                             case when v_res.unit = 'requests' then ';qu="requests"' else '' end), ', '),
-           'RateLimit',
-           format('"%s-%s";r=%s;t=%s', v_res.policy,
-                  coalesce((array_agg(w ->> 'name')
-                              filter (where (w ->> 'limit')::integer = v_res."limit"
-                                        and (w ->> 'reset_at')::timestamptz = v_res.reset_at))[1],
-                           (array_agg(w ->> 'name'))[1]),
-                  v_res.remaining,
-                  greatest(ceil(extract(epoch from v_res.reset_at
-                    - coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
-                               clock_timestamp()))), 0)::bigint))
-         || case when not v_res.allowed and v_res.retry_after_ms > 0
-                 then jsonb_build_object('Retry-After', ceil(v_res.retry_after_ms / 1000.0)::bigint::text)
-                 else '{}'::jsonb end
-    into v_headers
-    from jsonb_array_elements(v_res.windows) w;
+  -- The rate limit headers (the IETF httpapi draft's RateLimit-Policy and
+  -- RateLimit, and Retry-After on a denial that can succeed later) as one
+  -- JSON object of header name -> value, made by the decision itself.
+  v_headers := v_res.windows;
   if v_res.allowed then
     v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
     if v_sent is null then

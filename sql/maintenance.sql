@@ -623,7 +623,9 @@ begin
   end if;
   if to_regclass('pgshield.rate_limit_state') is not null then
     execute 'select count(*) filter (where s.expires_at > $1), count(*) filter (where s.expires_at <= $1)
-               from pgshield.rate_limit_state s'
+               from (select x.expires_at from pgshield.rate_limit_state x
+                     union all
+                     select y.expires_at from pgshield.rate_limit_policy_state y) s'
       into v_live, v_expired using v_now;
     v_out := v_out
       || '# HELP pgshield_rate_limit_state_rows Rows of rate limit state: live, or expired and waiting for cleanup.'::text
@@ -721,7 +723,7 @@ on conflict (task) do nothing;
 -- minute ago stay (the retention is cleanup_expired_rate_limits' p_expired_for).
 insert into pgshield.maintenance_tasks (task, module, cleanup, batch_size, retention, tables, max_rows, position)
 select 'rate_limit', 'rate_limit', 'pgshield.cleanup_expired_rate_limits(integer, interval)', 200,
-       interval '1 minute', '{pgshield.rate_limit_state}', 10000000, 10
+       interval '1 minute', '{pgshield.rate_limit_state,pgshield.rate_limit_policy_state}', 10000000, 10
  where to_regprocedure('pgshield.cleanup_expired_rate_limits(integer, interval)') is not null
 on conflict (task) do nothing;
 

@@ -108,7 +108,11 @@ def test_metrics_parse_and_match_the_database(conn: psycopg.Connection) -> None:
             key = (("outcome", outcome), ("policy", policy))
             assert values[("pgshield_rate_limit_decisions_total", key)] == n
     assert counters["m_api"] == (2, 1) and counters[""] == (1, 1)
-    live = conn.execute("select count(*) from pgshield.rate_limit_state").fetchone()[0]  # type: ignore[index]
+    live = conn.execute(
+        "select (select count(*) from pgshield.rate_limit_state)"
+        " + (select count(*) from pgshield.rate_limit_policy_state)"
+    ).fetchone()[0]  # type: ignore[index]
+    assert live == 2  # one direct key, one subject under m_api
     assert values[("pgshield_rate_limit_state_rows", (("state", "live"),))] == live
     assert values[("pgshield_rate_limit_state_rows", (("state", "expired"),))] == 0
     assert values[("pgshield_maintenance_runs_total", ())] == 1

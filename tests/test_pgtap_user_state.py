@@ -118,6 +118,8 @@ SNAPSHOT = """
 select jsonb_build_object(
   'state', (select jsonb_agg(to_jsonb(s) order by s.key, s.policy, s.window_seconds)
               from pgshield.rate_limit_state s),
+  'policy_state', (select jsonb_agg(to_jsonb(s) order by s.subject, s.policy)
+                     from pgshield.rate_limit_policy_state s),
   'policies', public.get_rate_limit_policies(),
   'tiers', (select jsonb_agg(to_jsonb(t) order by t.subject)
               from pgshield.rate_limit_subject_tiers t),
@@ -160,10 +162,12 @@ def test_user_state_is_in_place(backend: Backend, user_state_db: str) -> None:
         state = _snapshot(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             expired = conn.execute(
-                "select count(*) from pgshield.rate_limit_state where expires_at <= now()"
+                "select (select count(*) from pgshield.rate_limit_state where expires_at <= now()),"
+                " (select count(*) from pgshield.rate_limit_policy_state where expires_at <= now())"
             ).fetchone()
-    assert expired is not None and expired[0] >= 3
-    assert len(state["state"]) - expired[0] >= 20
+    assert expired is not None and expired[0] >= 2 and expired[1] >= 1
+    assert len(state["state"]) - expired[0] >= 14
+    assert len(state["policy_state"]) - expired[1] >= 5  # api: sliding, live for days
     assert {p["name"] for p in state["policies"]} >= {"api", "search", "t-api", "no-such-policy"}
     assert next(p for p in state["policies"] if p["name"] == "api")["allow_anonymous"]
     assert {t["table_name"] for t in state["targets"]} >= {"public.docs", "app.docs"}

@@ -45,7 +45,9 @@ def anon_check(conn: psycopg.Connection, headers: dict[str, str], policy: str = 
 
 def state_rows(conn: psycopg.Connection) -> list[tuple]:
     return conn.execute(
-        "select key, count from pgshield.rate_limit_state where policy = %s order by key", (POLICY,)
+        "select s.subject, u.c from pgshield.rate_limit_policy_state s, unnest(s.counts) u(c)"
+        " where s.policy = %s order by 1",
+        (POLICY,),
     ).fetchall()
 
 
@@ -160,24 +162,24 @@ def test_anon_cannot_tell_a_closed_policy_from_a_missing_one(owner: psycopg.Conn
 # ------------------------------------------------------------------ usage ----
 def test_reading_usage_touches_only_the_subjects_rows(owner: psycopg.Connection) -> None:
     owner.execute(
-        "insert into pgshield.rate_limit_state"
-        " (key, policy, window_seconds, algorithm, limit_value, window_start, count, expires_at)"
-        " select 'anon:10.0.' || (g / 250) || '.' || (g %% 250), %s, 60, 'fixed_window', 5,"
-        "        '2030-01-01 00:00:00+00', 1, '2030-01-02 00:00:00+00'"
+        "insert into pgshield.rate_limit_policy_state"
+        " (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)"
+        " select 'anon:10.0.' || (g / 250) || '.' || (g %% 250), %s, 'fixed_window', '{60}', '{5}',"
+        "        '{1893456000000000}', '{1}', '{0}', '{NULL}', '2030-01-02 00:00:00+00'"
         " from generate_series(1, 20000) g",
         (POLICY,),
     )
-    owner.execute("analyze pgshield.rate_limit_state")
+    owner.execute("analyze pgshield.rate_limit_policy_state")
     Shield(owner).rate_limits.check(POLICY, subject=str(ALICE))
     with act_as(owner, "authenticated", sub=ALICE):
         read = owner.execute(
-            "select pg_stat_get_xact_tuples_returned('pgshield.rate_limit_state'::regclass)"
-            "     + pg_stat_get_xact_tuples_fetched('pgshield.rate_limit_state'::regclass)"
+            "select pg_stat_get_xact_tuples_returned('pgshield.rate_limit_policy_state'::regclass)"
+            "     + pg_stat_get_xact_tuples_fetched('pgshield.rate_limit_policy_state'::regclass)"
         ).fetchone()
         usage = owner.execute("select public.get_rate_limit_usage()").fetchone()
         after = owner.execute(
-            "select pg_stat_get_xact_tuples_returned('pgshield.rate_limit_state'::regclass)"
-            "     + pg_stat_get_xact_tuples_fetched('pgshield.rate_limit_state'::regclass)"
+            "select pg_stat_get_xact_tuples_returned('pgshield.rate_limit_policy_state'::regclass)"
+            "     + pg_stat_get_xact_tuples_fetched('pgshield.rate_limit_policy_state'::regclass)"
         ).fetchone()
     assert usage and [(u["policy"], u["used"]) for u in usage[0]] == [(POLICY, 1)]
     assert read and after and after[0] - read[0] <= 10, "the usage read scanned other subjects"
@@ -252,7 +254,8 @@ def test_answered_failures_count_every_attempt(pin: psycopg.Connection) -> None:
     right = postgrest_rpc(pin, "pgshield_t_check_pin", "4321")
     assert right[0]["ok"] is False and right[1] == "429"
     used = pin.execute(
-        "select count from pgshield.rate_limit_state where policy = 'pgshield_t_pin'"
+        "select u.c from pgshield.rate_limit_policy_state s, unnest(s.counts) u(c)"
+        " where s.policy = 'pgshield_t_pin'"
     ).fetchall()
     assert used == [(5,)]
 

@@ -1,14 +1,14 @@
 """Calls that wait for a row while it moves under them: the row changes, or the window ends.
 
-A compare-and-set write of a policy check, when a window's row moves under it:
+A compare-and-set write of a policy check, when the subject's row moves under it:
 
-check_rate_limit decides from one plain read, then writes every window in one upsert that only
-changes rows still holding what was read. Here a second connection holds one window's row
-locked while the check runs, changes it and commits: the check's upsert has then written the
-other windows but not that one, so it must decide again on the locked state, counting the rows
-it wrote at the state it read. Both outcomes are tested with exact counts: the moved row still
-leaves room (every window is counted once), and the moved row is full (denied, and the windows
-already written get back exactly what they held).
+check_rate_limit decides from one plain read of the subject's row (every window in one row),
+then writes it only if it is still the version that was read. Here a second connection holds
+the row locked while the check runs, changes the hour window and commits: the check's write
+then finds another version, so it must lock the row and decide again on the locked state.
+Both outcomes are tested with exact counts: the moved row still leaves room (every window is
+counted once, the hour on top of what the other transaction set), and the moved row is full
+(denied, and every window holds exactly what it held).
 
 A fixed-window increment that is refused at its clock reading but whose window ends while it
 waits for the row: it is decided again at the later time, and counted in the new window.
@@ -33,8 +33,8 @@ def connect(db: str) -> psycopg.Connection:
 
 def counts(conn: psycopg.Connection) -> dict[int, int]:
     rows = conn.execute(
-        "select window_seconds, count from pgshield.rate_limit_state"
-        " where key = %s and policy = %s",
+        "select u.w, u.c from pgshield.rate_limit_policy_state s,"
+        " unnest(s.windows, s.counts) as u(w, c) where s.subject = %s and s.policy = %s",
         (SUBJECT, POLICY),
     ).fetchall()
     return {w: n for w, n in rows}
@@ -63,8 +63,8 @@ def check_while_hour_row_moves(
     with connect(db) as holder:
         holder.execute("begin")
         holder.execute(
-            "select 1 from pgshield.rate_limit_state"
-            " where key = %s and policy = %s and window_seconds = 3600 for update",
+            "select 1 from pgshield.rate_limit_policy_state"
+            " where subject = %s and policy = %s for update",
             (SUBJECT, POLICY),
         )
 
@@ -80,8 +80,8 @@ def check_while_hour_row_moves(
         worker.start()
         wait_until_blocked(conn, "check_rate_limit")
         holder.execute(
-            "update pgshield.rate_limit_state set count = %s"
-            " where key = %s and policy = %s and window_seconds = 3600",
+            "update pgshield.rate_limit_policy_state"
+            " set counts[array_position(windows, 3600)] = %s where subject = %s and policy = %s",
             (hour_count_after, SUBJECT, POLICY),
         )
         holder.execute("commit")
@@ -109,12 +109,12 @@ def test_a_moved_row_with_room_is_counted_once_in_every_window(
 ) -> None:
     allowed, violated = check_while_hour_row_moves(db, conn, hour_count_after=5)
     assert (allowed, violated) == (True, [])
-    # minute and day: 3 + 2 (written by the upsert, not again by the retry); hour: 5 + 2.
+    # minute and day: 3 + 2, counted once (by the decision on the locked row); hour: 5 + 2.
     assert counts(conn) == {60: 5, 3600: 7, 86400: 5}
 
 
 @pytest.mark.usefixtures("policy")
-def test_a_moved_row_that_is_full_denies_and_restores_the_other_windows(
+def test_a_moved_row_that_is_full_denies_and_changes_no_window(
     db: str, conn: psycopg.Connection
 ) -> None:
     allowed, violated = check_while_hour_row_moves(db, conn, hour_count_after=9)
@@ -172,9 +172,9 @@ def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
 def test_a_reset_committed_while_a_check_waits_is_not_undone(
     db: str, conn: psycopg.Connection
 ) -> None:
-    # The check reads the rows (3 each), then its upsert waits on the rows a reset is deleting.
-    # Once the reset commits, the rows it read are gone: the check must count from nothing,
-    # not write back what it computed from its read.
+    # The check reads the row (3 in each window), then its write waits on the row a reset is
+    # deleting. Once the reset commits, the row it read is gone: the check must count from
+    # nothing, not write back what it computed from its read.
     result: dict[str, object] = {}
     with connect(db) as holder:
         holder.execute("begin")

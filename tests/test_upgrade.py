@@ -209,19 +209,25 @@ def peeks(conn: psycopg.Connection) -> list[Any]:
 
 
 SNAPSHOT_QUERIES = {
-    "state": "select key, policy, window_seconds, algorithm, limit_value, window_start, count,"
-    " prev_count, tat, expires_at from pgshield.rate_limit_state order by 1, 2, 3",
+    # What the state means (policy state moved to one row per subject in 20261202070000):
+    # every window that counts something, as the usage view evaluates it.
+    "state": "select key, coalesce(policy, ''), window_seconds, algorithm, \"limit\", used,"
+    " remaining, reset_at"
+    " from pgshield.rate_limit_usage where used <> 0 order by 1, 2, 3",
     "policies": "select public.get_rate_limit_policies(), (select jsonb_agg(jsonb_build_array("
     "name, id, allowed_counter::text, denied_counter::text, updated_at) order by name)"
     " from pgshield.rate_limit_policies)",
     "tiers": "select subject, tier, updated_at from pgshield.rate_limit_subject_tiers order by 1",
     "counters": "select policy, allowed, denied from pgshield.rate_limit_counters order by 1",
     "storage": "select pgshield.rate_limit_storage(), c.oid::regclass::text, c.relpersistence"
-    " from pg_catalog.pg_class c where c.oid in (select 'pgshield.rate_limit_state'::regclass"
-    " union all select 'pgshield.rate_limit_direct_allowed'::regclass"
+    " from pg_catalog.pg_class c"
+    " where c.oid in (select 'pgshield.rate_limit_direct_allowed'::regclass"
     " union all select 'pgshield.rate_limit_direct_denied'::regclass"
     " union all select allowed_counter from pgshield.rate_limit_policies"
-    " union all select denied_counter from pgshield.rate_limit_policies) order by 2",
+    " union all select denied_counter from pgshield.rate_limit_policies)"
+    " union all select pgshield.rate_limit_storage(), 'state tables', c.relpersistence"
+    " from pg_catalog.pg_class c where c.oid in (select 'pgshield.rate_limit_state'::regclass"
+    " union all select to_regclass('pgshield.rate_limit_policy_state')) group by 3 order by 2",
     "targets": "select table_name, column_name, key_column, registered_at, problem"
     " from pgshield.list_jsonb_targets()",
     "documents": "select id, body from public.pgshield_u_docs order by id",
@@ -416,7 +422,10 @@ def test_cli_migrate_upgrades_a_released_database(released_db: str) -> None:
 # A test of the test: deltas that lose what users have must fail the checks above, each where
 # it should. The delta is a new migration after the others, in a copy of the migrations.
 BROKEN_DELTAS = {
-    "state truncated": ("truncate pgshield.rate_limit_state", ["decisions", "state"]),
+    "state truncated": (
+        "truncate pgshield.rate_limit_state, pgshield.rate_limit_policy_state",
+        ["decisions", "state"],
+    ),
     "policies deleted": (
         "delete from pgshield.rate_limit_policies where name <> 'api'",
         ["counters", "decisions", "policies", "storage"],

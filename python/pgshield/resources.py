@@ -36,8 +36,22 @@ def sql_dir() -> Path:
 
 
 def module_files() -> list[Path]:
-    """``sql/<module>.sql`` for every module that exists, in build order."""
-    return [p for p in (sql_dir() / f"{m}.sql" for m in MODULE_ORDER) if p.is_file()]
+    """The SQL of every module in build order: ``sql/<module>.sql``, or the files of
+    ``sql/<module>/`` in name order for a module split along its banners."""
+    files: list[Path] = []
+    for m in MODULE_ORDER:
+        single, folder = sql_dir() / f"{m}.sql", sql_dir() / m
+        if single.is_file():
+            files.append(single)
+        elif folder.is_dir():
+            files += sorted(folder.glob("*.sql"))
+    return files
+
+
+def module_sql(module: str) -> str:
+    """The whole SQL of one module, as one text (its split files joined in order)."""
+    parts = [p for p in module_files() if p.stem == module or p.parent.name == module]
+    return "\n".join(p.read_text() for p in parts)
 
 
 def compat_sql() -> str:

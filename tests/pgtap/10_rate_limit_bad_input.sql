@@ -107,7 +107,9 @@ select throws_ok($$ select pgshield.cleanup_expired_rate_limits(0) $$, '22023',
 select is(
   (select count(*)::integer from pgshield.rate_limit_state
     where (key like 'pgshield\_t\_%' and key <> 'pgshield_t_' || repeat('k', 245))
-       or key = '' or length(key) > 256), 0,
+       or key = '' or length(key) > 256)
+  + (select count(*)::integer from pgshield.rate_limit_policy_state
+      where subject like 'pgshield\_t\_%' or subject = '' or length(subject) > 256), 0,
   'no bad call wrote any rate limit state');
 select * from finish();
 rollback;

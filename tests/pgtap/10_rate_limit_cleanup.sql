@@ -1,7 +1,7 @@
 -- rate_limit: cleanup of expired state, storage modes, and the shape of the state table.
 begin;
 \ir _helpers.psql
-select plan(24);
+select plan(28);
 
 -- ------------------------------------------------------------ table shape ----
 select is(
@@ -20,6 +20,15 @@ select ok(
   (select (regexp_match(array_to_string(c.reloptions, ','), 'fillfactor=(\d+)'))[1]::integer < 100
      from pg_class c where c.oid = 'pgshield.rate_limit_state'::regclass),
   'the state table leaves room on each page for HOT updates (fillfactor below 100)');
+select is(
+  (select array_agg(i.indexrelid::regclass::text) from pg_index i
+    where i.indrelid = 'pgshield.rate_limit_policy_state'::regclass),
+  array['pgshield.rate_limit_policy_state_pkey'],
+  'the policy state table has no index but its primary key (subject, policy)');
+select ok(
+  (select (regexp_match(array_to_string(c.reloptions, ','), 'fillfactor=(\d+)'))[1]::integer < 100
+     from pg_class c where c.oid = 'pgshield.rate_limit_policy_state'::regclass),
+  'the policy state table leaves room on each page for HOT updates');
 -- (Unlogged by default, tested on a fresh database in tests/test_rate_limit.py: a project may
 -- have chosen logged.)
 select is(pgshield.rate_limit_storage(),
@@ -51,15 +60,17 @@ select is((select array_agg(key order by key) from pgshield.rate_limit_state
             where policy = '' and key like 'pgshield\_t\_c-%'),
   array['pgshield_t_c-day', 'pgshield_t_c-sliding'], '... the sliding window still weighs on the next window');
 select pgshield.set_clock('2001-01-01 00:02:00+00');
-select is(pgshield.cleanup_expired_rate_limits(), 2,
-  'the sliding window expires after two windows, with the policy''s minute window');
+select is(pgshield.cleanup_expired_rate_limits(), 1, 'the sliding window expires after two windows');
 select pgshield.set_clock('2001-01-02 00:00:00+00');
-select is(pgshield.cleanup_expired_rate_limits(), 2,
-  'the day window goes at midnight (with the policy''s hour window, gone since 02:00)');
+select is(pgshield.cleanup_expired_rate_limits(), 1, 'the day window goes at midnight');
+select is((select count(*)::integer from pgshield.rate_limit_policy_state where subject = 'pgshield_t_c-user'), 1,
+  '... while the policy''s row stays: it holds every window, and its day window (sliding) is live');
 select pgshield.set_clock('2001-01-03 00:00:00+00');
-select is(pgshield.cleanup_expired_rate_limits(), 1, 'the policy''s day window (sliding) goes after two days');
+select is(pgshield.cleanup_expired_rate_limits(), 1, 'the policy''s row goes once its last window has reset');
 select is((select count(*)::integer from pgshield.rate_limit_state
-            where key like 'pgshield\_t\_c-%'), 0, 'everything is gone');
+            where key like 'pgshield\_t\_c-%')
+          + (select count(*)::integer from pgshield.rate_limit_policy_state
+              where subject like 'pgshield\_t\_c-%'), 0, 'everything is gone');
 
 -- batches
 insert into pgshield.rate_limit_state (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)
@@ -80,6 +91,8 @@ select is((increment_rate_limit('pgshield_t_live', 2, 60)).allowed, false, '... 
 select is(pgshield.set_rate_limit_storage('logged'), 'logged', 'set_rate_limit_storage makes the state durable');
 select is((select relpersistence::text from pg_class where oid = 'pgshield.rate_limit_state'::regclass), 'p',
   '... the table is now permanent (WAL-logged)');
+select is((select relpersistence::text from pg_class where oid = 'pgshield.rate_limit_policy_state'::regclass), 'p',
+  '... and so is the policy state table');
 select is((increment_rate_limit('pgshield_t_live', 2, 60)).allowed, false, '... and keeps its rows');
 select is(pgshield.set_rate_limit_storage('unlogged'), 'unlogged', 'and back to unlogged');
 select throws_ok($$ select pgshield.set_rate_limit_storage('fast') $$, '22023', 'p_mode must be logged or unlogged',

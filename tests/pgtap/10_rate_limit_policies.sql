@@ -1,7 +1,7 @@
 -- rate_limit: policies, tiers, multi-window atomicity, endpoint costs, counters.
 begin;
 \ir _helpers.psql
-select plan(38);
+select plan(39);
 
 -- One policy decision as a short line: outcome, limit, remaining, retry, tier, violated windows.
 create function pg_temp.ck(r public.rate_limit_check_result) returns text
@@ -142,8 +142,10 @@ select is((select (c.allowed - t.allowed, c.denied - t.denied)::text
 -- ---------------------------------------------------------- drop a policy ----
 create temp table t_seq as
   select allowed_counter::text as seq from pgshield.rate_limit_policies where name = 'pgshield_t_api';
+select ok((select count(*) from pgshield.rate_limit_policy_state where policy = 'pgshield_t_api') > 0,
+  'the policy has state to drop');
 select is(public.drop_rate_limit_policy('pgshield_t_api'), true, 'drop_rate_limit_policy drops it');
-select is((select count(*)::integer from pgshield.rate_limit_state where policy = 'pgshield_t_api'), 0,
+select is((select count(*)::integer from pgshield.rate_limit_policy_state where policy = 'pgshield_t_api'), 0,
   '... with its state');
 select is(to_regclass((select seq from t_seq)), null, '... and its counters');
 select is(public.drop_rate_limit_policy('pgshield_t_api'), false, 'dropping a missing policy returns false');

@@ -1,7 +1,7 @@
 -- rate_limit: who may call what (anon, authenticated, service_role), and as whom.
 begin;
 \ir _helpers.psql
-select plan(44);
+select plan(47);
 
 -- Policies, keys and subjects of this file's own (pgshield_t_*). The clock
 -- stands in 2001, where cleanup (called below) finds no project row expired.
@@ -88,6 +88,10 @@ select throws_ok($$ select pgshield.cleanup_expired_rate_limits() $$, '42501', n
   'authenticated cannot run cleanup');
 select throws_ok($$ select * from pgshield.rate_limit_state $$, '42501', null,
   'authenticated cannot read the state table');
+select throws_ok($$ select * from pgshield.rate_limit_policy_state $$, '42501', null,
+  'authenticated cannot read the policy state table');
+select throws_ok($$ select * from pgshield.rate_limit_policy_tiers $$, '42501', null,
+  'authenticated cannot read the policy tiers');
 select is((check_rate_limit('pgshield_t_api')).subject, pg_temp.test_user('alice')::text,
   'authenticated is limited as auth.uid()');
 select is((check_rate_limit('pgshield_t_api', 1, null, pg_temp.test_user('alice')::text)).subject,
@@ -121,6 +125,8 @@ select ok((select count(*) from pgshield.rate_limit_usage where key = 'pgshield_
   'service_role may read the usage view');
 select throws_ok($$ select * from pgshield.rate_limit_state $$, '42501', null,
   'service_role still cannot touch the state table directly');
+select throws_ok($$ update pgshield.rate_limit_policy_state set counts = '{}' $$, '42501', null,
+  'service_role cannot touch the policy state table directly');
 select pg_temp.act_as_owner();
 
 select * from finish();

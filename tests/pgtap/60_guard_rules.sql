@@ -90,8 +90,8 @@ select pg_temp.act_as('authenticated', pg_temp.test_user('bob'), p_method => 'GE
 set local transaction_read_only = on;
 select lives_ok($$ select pgshield.request_guard() $$, 'a GET in a read-only transaction is checked without writing');
 select pg_temp.act_as_owner();
-select is((select count(*)::integer from pgshield.rate_limit_state s
-            where s.policy = 'pgshield_t_writes' and s.key = pg_temp.test_user('bob')::text), 0,
+select is((select count(*)::integer from pgshield.rate_limit_policy_state s
+            where s.policy = 'pgshield_t_writes' and s.subject = pg_temp.test_user('bob')::text), 0,
           '... and counted nothing');
 
 select * from finish();

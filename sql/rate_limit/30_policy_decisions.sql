@@ -1,0 +1,631 @@
+-- -------------------------------------------------------- policy decisions ----
+
+-- Rewrites the rate_limit_policy_tiers row of one policy and tier from its
+-- windows (deletes it when the tier has none left): the windows in order,
+-- each window's JSON up to its remaining count, and the RateLimit-Policy
+-- header of the tier (docs/data_api_guard.md).
+-- Callers: the trigger below. Errors: none.
+create or replace function pgshield.rate_limit_policy_tier_refresh(p_policy text, p_tier text) returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  delete from pgshield.rate_limit_policy_tiers t where t.policy = p_policy and t.tier = p_tier;
+  insert into pgshield.rate_limit_policy_tiers (policy, tier, windows, limits, names, heads, header)
+  select w.policy, w.tier, array_agg(w.window_seconds order by w.window_seconds),
+         array_agg(w.limit_value order by w.window_seconds), array_agg(w.name order by w.window_seconds),
+         array_agg(format('{"name":%s,"window_seconds":%s,"limit":%s,"remaining":',
+                          to_json(w.name), w.window_seconds, w.limit_value) order by w.window_seconds),
+         string_agg(format('"%s-%s";q=%s;w=%s%s', p.name, w.name, w.limit_value, w.window_seconds,
+                           case when p.unit = 'requests' then ';qu="requests"' else '' end),
+                    ', ' order by w.window_seconds)
+    from pgshield.rate_limit_policy_windows w
+    join pgshield.rate_limit_policies p on p.name = w.policy
+   where w.policy = p_policy and w.tier = p_tier
+   group by w.policy, w.tier;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_policy_tier_refresh(text, text)
+  from public, anon, authenticated, service_role;
+
+-- Keeps rate_limit_policy_tiers in step with every change of a window.
+-- Callers: the trigger. Errors: none.
+create or replace function pgshield.rate_limit_policy_windows_changed() returns trigger
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op in ('UPDATE', 'DELETE') then
+    perform pgshield.rate_limit_policy_tier_refresh(old.policy, old.tier);
+  end if;
+  if tg_op in ('INSERT', 'UPDATE') then
+    perform pgshield.rate_limit_policy_tier_refresh(new.policy, new.tier);
+  end if;
+  return null;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_policy_windows_changed() from public, anon, authenticated, service_role;
+
+drop trigger if exists rate_limit_policy_windows_changed on pgshield.rate_limit_policy_windows;
+create trigger rate_limit_policy_windows_changed
+  after insert or update or delete on pgshield.rate_limit_policy_windows
+  for each row execute function pgshield.rate_limit_policy_windows_changed();
+
+
+-- The policy named p_policy, or 22023. An anonymous caller learns nothing
+-- about policies it may not use: unknown and closed policies are the same 42501.
+-- Callers: pack functions. Errors: 22023 null or unknown policy; 42501 anon.
+create or replace function pgshield.rate_limit_policy(p_policy text) returns pgshield.rate_limit_policies
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_policy pgshield.rate_limit_policies;
+begin
+  if p_policy is null then
+    raise exception using errcode = '22023', message = 'p_policy must not be null';
+  end if;
+  select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
+  if v_policy.allow_anonymous is not true and pgshield.caller_role() = 'anon' then
+    raise exception using errcode = '42501',
+      message = 'this policy is not available to anonymous callers',
+      hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
+  end if;
+  if v_policy.name is null then
+    raise exception using errcode = '22023', message = format('p_policy: unknown policy %L', p_policy),
+      hint = 'list the policies with public.get_rate_limit_policies()';
+  end if;
+  return v_policy;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_policy(text) from public, anon, authenticated, service_role;
+
+-- The subject a policy call acts on, from the caller's role:
+--   trusted (service_role, owner): p_subject, which is then required;
+--   authenticated: auth.uid(), p_subject must be null or the same;
+--   anon: "anon:<client address>" when the policy allows anonymous callers,
+--   the address from pgshield.client_address() (the configured header and
+--   trusted proxy hops; IPv6 grouped by prefix), "anon:unknown" without one.
+-- anon and authenticated are never trusted, so caller_is_trusted() is only
+-- asked about other roles.
+-- Callers: pack functions. Errors: 22023 missing or bad subject, 42501 not allowed.
+create or replace function pgshield.rate_limit_subject(
+  p_policy pgshield.rate_limit_policies, p_subject text
+) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_role name := pgshield.caller_role();
+  v_uid uuid;
+begin
+  if p_subject is not null and length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if v_role = 'authenticated' then
+    v_uid := auth.uid();
+    if v_uid is null then
+      raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
+    end if;
+    if p_subject is not null and p_subject <> v_uid::text then
+      raise exception using errcode = '42501',
+        message = 'p_subject is only honoured for service_role',
+        hint = 'authenticated callers are always limited as themselves: omit p_subject';
+    end if;
+    return v_uid::text;
+  end if;
+  if v_role = 'anon' then
+    if not p_policy.allow_anonymous then
+      raise exception using errcode = '42501',
+        message = 'this policy is not available to anonymous callers',
+        hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
+    end if;
+    if p_subject is not null then
+      raise exception using errcode = '42501', message = 'p_subject is only honoured for service_role';
+    end if;
+    return 'anon:' || coalesce(pgshield.client_address(), 'unknown');
+  end if;
+  if v_role = 'service_role' or pgshield.caller_is_trusted() then
+    if p_subject is null then
+      raise exception using errcode = '22023', message = 'p_subject is required for trusted callers',
+        hint = 'pass the user id or API key to limit';
+    end if;
+    return p_subject;
+  end if;
+  raise exception using errcode = '42501', message = format('role %s may not check rate limits', v_role);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies, text)
+  from public, anon, authenticated, service_role;
+
+-- Decides, peeks or records usage for one subject under one policy, over all
+-- windows of the subject's tier at once (its assigned tier when the policy
+-- defines windows for it, else the policy's default tier). The subject's
+-- state is one row holding every window.
+--   p_mode 'check': consume p_cost in every window or in none. One plain
+--     read (tier, windows, the state row and the clock in one statement)
+--     decides; a denial writes nothing. An allowed call writes the row in one
+--     upsert that only changes it if it is still the version that was read
+--     (compare and set on xmin); a missing row is inserted. When the row had
+--     moved, that statement has locked it anyway (ON CONFLICT DO UPDATE locks
+--     the row it does not change): the call reads it and the clock again and
+--     decides once more on the locked state. When the row that was read is
+--     gone (a reset committed in between), the upsert inserts it from the old
+--     read: the call then decides again from no state, on the row it holds.
+--   p_mode 'peek':  the same decision from the plain read; nothing written.
+--   p_mode 'usage': apply p_cost (negative refunds) to every window regardless
+--     of the limits, on the locked row; the result then describes a request
+--     of cost 1.
+--   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard:
+--     windows is then the object of rate limit response headers (RateLimit,
+--     RateLimit-Policy, and Retry-After on a denial that can succeed later)
+--     instead of the windows array.
+-- Stored windows are matched to the tier's windows by length; state written
+-- under another algorithm reads as none.
+-- Callers: pack functions. Errors: 22023 when the tier has no windows.
+create or replace function pgshield.rate_limit_decide(
+  p_policy pgshield.rate_limit_policies,
+  p_subject text,
+  p_cost bigint,
+  p_mode text
+) returns public.rate_limit_check_result
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_tier text;
+  v_ws integer[];
+  v_lim integer[];
+  v_names text[];
+  v_heads text[];
+  v_header text;
+  v_n integer;
+  v_now timestamptz;
+  v_now_us bigint;
+  v_salg text; v_sws integer[]; v_xmin xid;                                -- the stored row
+  v_start bigint[]; v_count bigint[]; v_prev bigint[]; v_tat numeric[];   -- its state, per window
+  n_start bigint[]; n_count bigint[]; n_prev bigint[]; n_tat numeric[];   -- the state to write
+  r_fits boolean[]; r_rem integer[]; r_used bigint[]; r_reset timestamptz[]; r_retry integer[];
+  v_expires timestamptz;
+  v_e pgshield.rate_limit_eval;
+  v_all_fit boolean;
+  v_fast boolean;
+  v_locked boolean := false;
+  v_inserted boolean;
+  v_bind integer;
+  v_remaining integer;
+  v_json text := '[';
+  v_violated text[] := array[]::text[];
+  v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
+  v_a numeric; v_u numeric;
+begin
+  select t.tier, t.windows, t.limits, t.names, t.heads, t.header,
+         s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
+         coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                  clock_timestamp())
+    into v_tier, v_ws, v_lim, v_names, v_heads, v_header,
+         v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
+    from pgshield.rate_limit_policy_tiers t
+    left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
+   where t.policy = p_policy.name
+     and t.tier = coalesce((select st.tier from pgshield.rate_limit_subject_tiers st
+                             where st.subject = p_subject
+                               and exists (select 1 from pgshield.rate_limit_policy_tiers t2
+                                            where t2.policy = p_policy.name and t2.tier = st.tier)),
+                           p_policy.default_tier);
+  if v_ws is null then
+    raise exception using errcode = '22023',
+      message = format('p_policy: policy %L has no windows for its default tier %L',
+                       p_policy.name, p_policy.default_tier);
+  end if;
+  v_n := cardinality(v_ws);
+  if p_mode = 'usage' then
+    -- Lock the row (inserted empty when missing: an empty row reads as none).
+    insert into pgshield.rate_limit_policy_state as s
+      (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
+    values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
+    on conflict (subject, policy) do update set expires_at = s.expires_at where false;
+    v_locked := true;
+    select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
+      into v_salg, v_sws, v_start, v_count, v_prev, v_tat
+      from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
+  end if;
+
+  <<decide>>
+  loop  -- once; again on the locked row when the compare and set found it moved
+    v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+    if v_sws is distinct from v_ws or v_salg is distinct from p_policy.algorithm then
+      -- The row was written for other windows or another algorithm (or is
+      -- missing): each window takes the stored window of its length, if any.
+      select array_agg(case when v_salg = p_policy.algorithm then v_start[x.j] end order by x.o),
+             array_agg(case when v_salg = p_policy.algorithm then v_count[x.j] end order by x.o),
+             array_agg(case when v_salg = p_policy.algorithm then v_prev[x.j] end order by x.o),
+             array_agg(case when v_salg = p_policy.algorithm then v_tat[x.j] end order by x.o)
+        into v_start, v_count, v_prev, v_tat
+        from (select u.o, array_position(v_sws, u.w) as j from unnest(v_ws) with ordinality as u(w, o)) x;
+    end if;
+    v_fast := p_mode <> 'usage' and p_policy.algorithm <> 'token_bucket';
+    if v_fast then
+      -- Fixed and sliding windows: rate_limit_evaluate's arithmetic written
+      -- out (no call per window) while every window fits; the binding window,
+      -- the expiry and the windows JSON on the way.
+      v_expires := v_now;
+      v_bind := null;
+      v_json := '[';
+      for v_i in 1 .. v_n loop
+        v_w := v_ws[v_i] * 1000000::bigint;
+        v_stored := v_start[v_i];
+        v_t := greatest(v_now_us, v_stored);
+        v_s0 := v_t - ((v_t % v_w) + v_w) % v_w;
+        v_cur := case when v_stored = v_s0 then v_count[v_i] else 0 end;
+        v_pv := case when p_policy.algorithm = 'fixed_window' then 0 when v_stored = v_s0 then v_prev[v_i]
+                     when v_stored = v_s0 - v_w then v_count[v_i] else 0 end;
+        v_a := v_pv::numeric * (v_w - v_t + v_s0);
+        if p_cost > v_lim[v_i] or v_a + (v_cur + p_cost)::numeric * v_w > v_lim[v_i]::numeric * v_w then
+          v_fast := false;
+          exit;
+        end if;
+        v_cur := v_cur + p_cost;
+        -- ceil(v_a / v_w), the previous window's share: used is count + it.
+        v_u := div(v_a, v_w);
+        v_u := case when v_u * v_w < v_a then v_u + 1 else v_u end;
+        n_start[v_i] := v_s0;
+        n_count[v_i] := v_cur;
+        n_prev[v_i] := v_pv;
+        r_rem[v_i] := least(greatest(v_lim[v_i] - v_cur - v_u, 0), v_lim[v_i]);
+        r_reset[v_i] := timestamptz 'epoch' + (v_s0 + case when p_policy.algorithm = 'fixed_window' then v_w
+                                                             else 2 * v_w end) * interval '1 microsecond';
+        v_expires := greatest(v_expires, r_reset[v_i]);
+        if v_bind is null or r_rem[v_i] <= r_rem[v_bind] then
+          v_bind := v_i;
+        end if;
+        if p_mode not like 'guard%' then
+          v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || (v_cur + v_u) || ',"reset_at":'
+                    || to_json(r_reset[v_i]) || ',"retry_after_ms":0,"allowed":true},';
+        end if;
+      end loop;
+      v_all_fit := v_fast;
+    end if;
+    if not v_fast then
+      v_all_fit := true;
+      v_expires := v_now;
+      for v_i in 1 .. v_n loop
+        v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], p_cost, v_now_us,
+          p_policy.algorithm, timestamptz 'epoch' + v_start[v_i] * interval '1 microsecond',
+          coalesce(v_count[v_i], 0), coalesce(v_prev[v_i], 0), v_tat[v_i], p_mode = 'usage');
+        n_start[v_i] := (extract(epoch from v_e.window_start) * 1000000)::bigint;
+        n_count[v_i] := v_e.count;
+        n_prev[v_i] := v_e.prev_count;
+        n_tat[v_i] := v_e.tat;
+        r_fits[v_i] := v_e.fits;
+        r_rem[v_i] := v_e.remaining;
+        r_used[v_i] := v_e.used;
+        r_reset[v_i] := v_e.reset_at;
+        r_retry[v_i] := v_e.retry_after_ms;
+        v_expires := greatest(v_expires, v_e.reset_at);
+        v_all_fit := v_all_fit and v_e.fits;
+      end loop;
+    end if;
+    exit decide when p_mode in ('peek', 'guard_peek') or not v_all_fit;
+    if v_locked then
+      update pgshield.rate_limit_policy_state s
+         set algorithm = p_policy.algorithm, windows = v_ws, limits = v_lim, starts = n_start,
+             counts = n_count, prevs = n_prev, tats = coalesce(n_tat, '{}'), expires_at = v_expires
+       where s.subject = p_subject and s.policy = p_policy.name;
+      exit decide;
+    end if;
+    -- Compare and set: the row is changed only while it is the version that
+    -- was read; a missing row is inserted. Either way the statement leaves
+    -- the row locked (ON CONFLICT DO UPDATE locks the row it does not change).
+    insert into pgshield.rate_limit_policy_state as s
+      (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
+    values (p_subject, p_policy.name, p_policy.algorithm, v_ws, v_lim, n_start, n_count, n_prev,
+            coalesce(n_tat, '{}'), v_expires)
+    on conflict (subject, policy) do update
+       set algorithm = excluded.algorithm, windows = excluded.windows, limits = excluded.limits,
+           starts = excluded.starts, counts = excluded.counts, prevs = excluded.prevs, tats = excluded.tats,
+           expires_at = excluded.expires_at
+     where s.xmin = v_xmin
+    returning s.xmax = '0'::xid into v_inserted;  -- xmax 0: inserted, not updated
+    exit decide when found and (v_xmin is null or not v_inserted);
+    -- The row moved since the read (or appeared), and is locked now: read it,
+    -- and the clock, again; never back in time. Or the row that was read is
+    -- gone (a reset) and this call has just inserted it from the old read:
+    -- decide again from no state, on the row it holds.
+    v_locked := true;
+    if found then
+      v_salg := null;
+      v_sws := null;
+    else
+      select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
+        into v_salg, v_sws, v_start, v_count, v_prev, v_tat
+        from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
+    end if;
+    v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                         from pgshield.clock c), clock_timestamp()));
+  end loop;
+
+  if p_mode = 'usage' then
+    -- Describe the recorded state as a request of cost 1 would see it.
+    v_all_fit := true;
+    for v_i in 1 .. v_n loop
+      v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], 1, v_now_us,
+        p_policy.algorithm, timestamptz 'epoch' + n_start[v_i] * interval '1 microsecond',
+        n_count[v_i], n_prev[v_i], n_tat[v_i], false);
+      r_fits[v_i] := v_e.fits;
+      r_rem[v_i] := v_e.remaining;
+      r_used[v_i] := v_e.used;
+      r_reset[v_i] := v_e.reset_at;
+      r_retry[v_i] := v_e.retry_after_ms;
+      v_all_fit := v_all_fit and v_e.fits;
+    end loop;
+  elsif not v_all_fit then
+    -- Nothing is consumed: windows that would have fitted report their
+    -- current state rather than the state after the refused cost.
+    for v_i in 1 .. v_n loop
+      if r_fits[v_i] then
+        v_e := pgshield.rate_limit_evaluate(p_policy.algorithm, v_lim[v_i], v_ws[v_i], 0, v_now_us,
+          p_policy.algorithm, timestamptz 'epoch' + v_start[v_i] * interval '1 microsecond',
+          coalesce(v_count[v_i], 0), coalesce(v_prev[v_i], 0), v_tat[v_i], true);
+        r_rem[v_i] := v_e.remaining;
+        r_used[v_i] := v_e.used;
+        r_reset[v_i] := v_e.reset_at;
+      end if;
+    end loop;
+  end if;
+
+  if not v_fast then
+    -- The binding window: among violated windows the longest wait (-1 first),
+    -- else the fewest remaining (ties: the longer window).
+    v_bind := null;
+    v_json := '[';
+    for v_i in 1 .. v_n loop
+      v_remaining := least(v_remaining, r_rem[v_i]);
+      if p_mode not like 'guard%' then
+        v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || r_used[v_i] || ',"reset_at":'
+                  || to_json(r_reset[v_i]) || ',"retry_after_ms":' || r_retry[v_i] || ',"allowed":'
+                  || r_fits[v_i] || '},';
+      end if;
+      if not r_fits[v_i] then
+        v_violated := v_violated || v_names[v_i];
+      end if;
+      if v_bind is null then
+        v_bind := v_i;
+      elsif v_all_fit then
+        if r_rem[v_i] <= r_rem[v_bind] then
+          v_bind := v_i;
+        end if;
+      elsif not r_fits[v_i] then
+        if r_fits[v_bind] or (r_retry[v_bind] <> -1 and (r_retry[v_i] = -1 or r_retry[v_i] >= r_retry[v_bind])) then
+          v_bind := v_i;
+        end if;
+      end if;
+    end loop;
+  else
+    v_remaining := r_rem[v_bind];  -- every window fits: the binding one has the fewest
+  end if;
+
+  if p_mode in ('check', 'guard') then
+    perform nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
+  end if;
+  return row(v_all_fit, v_lim[v_bind], v_remaining, r_reset[v_bind],
+             case when v_all_fit then 0 else r_retry[v_bind] end, p_policy.name, v_tier, p_subject,
+             least(greatest(p_cost, -2147483648), 2147483647)::integer, p_policy.unit,
+             case when p_mode not like 'guard%' then (rtrim(v_json, ',') || ']')::jsonb
+                  else format('{"RateLimit":%s,"RateLimit-Policy":%s%s}',
+                              to_json(format('"%s-%s";r=%s;t=%s', p_policy.name, v_names[v_bind], v_remaining,
+                                             greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint)),
+                              to_json(v_header),
+                              case when not v_all_fit and r_retry[v_bind] > 0
+                                   then format(',"Retry-After":"%s"', ceil(r_retry[v_bind] / 1000.0)::bigint) end)::jsonb
+             end, v_violated)::public.rate_limit_check_result;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_decide(pgshield.rate_limit_policies, text, bigint, text)
+  from public, anon, authenticated, service_role;
+
+-- The cost of a call under a policy: ceil(p_cost * the endpoint's multiplier).
+-- Callers: pack functions. Errors: 22023 bad cost or unknown endpoint.
+create or replace function pgshield.rate_limit_cost(p_policy text, p_cost integer, p_endpoint text)
+returns bigint
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_multiplier numeric;
+begin
+  if p_cost is null or p_cost < 1 then
+    raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+  end if;
+  if p_endpoint is null then
+    return p_cost;
+  end if;
+  select e.multiplier into v_multiplier
+    from pgshield.rate_limit_policy_endpoints e
+   where e.policy = p_policy and e.endpoint = p_endpoint;
+  if not found then
+    raise exception using errcode = '22023',
+      message = format('p_endpoint: unknown endpoint %L for policy %L', left(p_endpoint, 256), p_policy),
+      hint = 'omit p_endpoint, or add it with define_rate_limit_policy(p_endpoint_costs => ...)';
+  end if;
+  return ceil(p_cost * v_multiplier)::bigint;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_cost(text, integer, text) from public, anon, authenticated, service_role;
+
+-- A policy call for the current caller: the policy, then the subject (which
+-- refuses callers that may not use the policy), then the cost, so a caller
+-- that may not use a policy learns nothing about its endpoints either. With
+-- p_peek nothing is consumed or counted. The logic behind check_rate_limit
+-- and peek_check_rate_limit, which run as the invoker in public.
+-- authenticated and service_role callers without an endpoint take a path
+-- with no nested calls (the same checks in the same order, written out);
+-- everything else goes through rate_limit_policy, rate_limit_subject and
+-- rate_limit_cost.
+-- Callers: anon, authenticated, service_role (through those entry points).
+-- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed.
+create or replace function pgshield.rate_limit_check(
+  p_policy text, p_cost integer, p_endpoint text, p_subject text, p_peek boolean
+) returns public.rate_limit_check_result
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_role text := current_setting('role');
+  v_policy pgshield.rate_limit_policies;
+  v_uid uuid;
+begin
+  if p_endpoint is null and v_role in ('authenticated', 'service_role') then
+    select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
+    if v_policy.name is null then
+      perform pgshield.rate_limit_policy(p_policy);  -- raises its 22023
+    end if;
+    if p_subject is not null and length(p_subject) not between 1 and 256 then
+      raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+    end if;
+    if v_role = 'authenticated' then
+      v_uid := auth.uid();
+      if v_uid is null then
+        raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
+      end if;
+      if p_subject is not null and p_subject <> v_uid::text then
+        raise exception using errcode = '42501',
+          message = 'p_subject is only honoured for service_role',
+          hint = 'authenticated callers are always limited as themselves: omit p_subject';
+      end if;
+      p_subject := v_uid::text;
+    elsif p_subject is null then
+      raise exception using errcode = '22023', message = 'p_subject is required for trusted callers',
+        hint = 'pass the user id or API key to limit';
+    end if;
+    if p_cost is null or p_cost < 1 then
+      raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+    end if;
+    return pgshield.rate_limit_decide(v_policy, p_subject, p_cost,
+                                      case when p_peek then 'peek' else 'check' end);
+  end if;
+  v_policy := pgshield.rate_limit_policy(p_policy);
+  return pgshield.rate_limit_decide(v_policy, pgshield.rate_limit_subject(v_policy, p_subject),
+                                    pgshield.rate_limit_cost(p_policy, p_cost, p_endpoint),
+                                    case when p_peek then 'peek' else 'check' end);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_check(text, integer, text, text, boolean)
+  to anon, authenticated, service_role;
+
+-- Consumes p_cost (times the endpoint's multiplier) from every window of the
+-- caller's tier under policy p_policy, or from none. Runs as the invoker.
+-- Callers: service_role (any p_subject, required); authenticated (limited as
+-- auth.uid()); anon when the policy allows anonymous callers (keyed by the
+-- client address, see pgshield.client_address()).
+-- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed
+-- (anon: also for a policy that does not exist).
+create or replace function public.check_rate_limit(
+  p_policy text,
+  p_cost integer default 1,
+  p_endpoint text default null,
+  p_subject text default null
+) returns public.rate_limit_check_result
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, false);
+end
+$$;
+
+revoke all on function public.check_rate_limit(text, integer, text, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.check_rate_limit(text, integer, text, text)
+  to anon, authenticated, service_role;
+
+-- What check_rate_limit would answer now, without consuming or counting.
+-- Runs as the invoker. Callers and errors: as check_rate_limit.
+create or replace function public.peek_check_rate_limit(
+  p_policy text,
+  p_cost integer default 1,
+  p_endpoint text default null,
+  p_subject text default null
+) returns public.rate_limit_check_result
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return pgshield.rate_limit_check(p_policy, p_cost, p_endpoint, p_subject, true);
+end
+$$;
+
+revoke all on function public.peek_check_rate_limit(text, integer, text, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.peek_check_rate_limit(text, integer, text, text)
+  to anon, authenticated, service_role;
+
+-- Records usage after the fact on every window of the subject's tier: a
+-- positive p_amount is added even past the limits (so the next request is
+-- denied), a negative one is refunded (never below zero). Returns what a
+-- request of cost 1 would get now.
+-- Callers: service_role.
+-- Errors: 22023 unknown policy, bad subject, p_amount null or 0.
+create or replace function public.record_rate_limit_usage(
+  p_policy text,
+  p_subject text,
+  p_amount integer
+) returns public.rate_limit_check_result
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_policy pgshield.rate_limit_policies := pgshield.rate_limit_policy(p_policy);
+begin
+  if p_subject is null or length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if p_amount is null or p_amount = 0 then
+    raise exception using errcode = '22023', message = 'p_amount must be a non-zero integer',
+      hint = 'positive records usage, negative refunds it';
+  end if;
+  return pgshield.rate_limit_decide(v_policy, p_subject, p_amount, 'usage');
+end
+$$;
+
+revoke all on function public.record_rate_limit_usage(text, text, integer)
+  from public, anon, authenticated, service_role;
+grant execute on function public.record_rate_limit_usage(text, text, integer) to service_role;
+
+-- Forgets a subject under every policy, or only under p_policy. Returns the
+-- number of windows forgotten.
+-- Callers: service_role. Errors: 22023 bad subject or unknown policy.
+create or replace function public.reset_rate_limit_subject(p_subject text, p_policy text default null)
+returns integer
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_count integer;
+begin
+  if p_subject is null or length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if p_policy is not null then
+    perform pgshield.rate_limit_policy(p_policy);
+  end if;
+  with d as (
+    delete from pgshield.rate_limit_policy_state s
+     where s.subject = p_subject and (p_policy is null or s.policy = p_policy)
+    returning cardinality(s.windows) as n)
+  select coalesce(sum(d.n), 0)::integer into v_count from d;
+  return v_count;
+end
+$$;
+
+revoke all on function public.reset_rate_limit_subject(text, text) from public, anon, authenticated, service_role;
+grant execute on function public.reset_rate_limit_subject(text, text) to service_role;
