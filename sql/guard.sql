@@ -83,20 +83,6 @@ insert into pgshield.guard_options (id) values (true) on conflict (id) do nothin
 
 -- ------------------------------------------------------------------- hook ----
 
--- The pre-request function chained before the guard (schema.name), if any.
--- Callers: request_guard (any API role). Errors: none.
-create or replace function pgshield.guard_chained_function() returns text
-language plpgsql stable security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  return (select o.chained_function from pgshield.guard_options o where o.id);
-end
-$$;
-
-revoke all on function pgshield.guard_chained_function() from public, anon, authenticated, service_role;
-grant execute on function pgshield.guard_chained_function() to anon, authenticated, service_role;
-
 -- The decision behind request_guard(): the first matching rule, the subject,
 -- the rate limit decision, and the answer. The subject is auth.uid() for
 -- authenticated callers, the client address (pgshield.client_address(): the
@@ -120,8 +106,6 @@ declare
   v_policy pgshield.rate_limit_policies;
   v_subject text;
   v_res public.rate_limit_check_result;
-  v_headers jsonb;
-  v_sent jsonb;
 begin
   if v_role = 'none' then
     v_role := session_user;
@@ -144,28 +128,14 @@ begin
     when 'anon' then 'anon:' || coalesce(pgshield.client_address(), 'unknown')
     else v_role
   end;
+  -- Allowed: the decision appends the rate limit headers (the IETF httpapi
+  -- draft's RateLimit and RateLimit-Policy) to response.headers, unless the
+  -- owner turned them off; what the project's hook set stays. Denied: its
+  -- windows is the headers object (Retry-After too when a wait can help).
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
-    case when current_setting('transaction_read_only') = 'on' then 'guard_peek' else 'guard' end);
-  if v_res.allowed and not coalesce(v_rule.allowed_headers, true) then
-    return;
-  end if;
-  -- The rate limit headers (the IETF httpapi draft's RateLimit-Policy and
-  -- RateLimit, and Retry-After on a denial that can succeed later) as one
-  -- JSON object of header name -> value, made by the decision itself.
-  v_headers := v_res.windows;
+    case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end
+    || case when current_setting('transaction_read_only') = 'on' then '_peek' else '' end);
   if v_res.allowed then
-    v_sent := nullif(current_setting('response.headers', true), '')::jsonb;
-    if v_sent is null then
-      -- Nothing sent yet: the text jsonb would print, without building it.
-      perform set_config('response.headers', format('[{"RateLimit": %s}, {"RateLimit-Policy": %s}]',
-        v_headers -> 'RateLimit', v_headers -> 'RateLimit-Policy'), true);
-      return;
-    end if;
-    perform set_config('response.headers',
-      (case when jsonb_typeof(v_sent) = 'array' then v_sent else '[]'::jsonb end
-       || jsonb_build_array(jsonb_build_object('RateLimit', v_headers -> 'RateLimit'),
-                            jsonb_build_object('RateLimit-Policy', v_headers -> 'RateLimit-Policy')))::text,
-      true);
     return;
   end if;
   raise sqlstate 'PGRST' using
@@ -176,7 +146,7 @@ begin
       'hint', case when v_res.retry_after_ms > 0
                    then format('retry after %s ms', v_res.retry_after_ms)
                    else 'this request can never fit the limit' end)::text,
-    detail = jsonb_build_object('status', 429, 'headers', v_headers)::text;
+    detail = jsonb_build_object('status', 429, 'headers', v_res.windows)::text;
 end
 $$;
 
@@ -187,7 +157,10 @@ grant execute on function pgshield.request_guard_decide() to anon, authenticated
 -- request's role. It runs as the invoker: the project's own pre-request
 -- function, when one is chained, runs first with the request's own rights
 -- (as PostgREST would call it; it sees search_path pg_catalog, pg_temp, so it
--- should pin its own); then pgshield.request_guard_decide() decides.
+-- should pin its own); then pgshield.request_guard_decide() decides. Its body
+-- is written by pgshield.guard_set_chained (install_request_guard): with a
+-- chained function it calls that first, by name, so a request reads no table
+-- to find it. Without one (as here) it only decides.
 -- Callers: PostgREST as anon, authenticated, service_role (it only ever
 -- limits the caller itself).
 -- Errors: PGRST (429) when the quota is used up; whatever the chained hook raises.
@@ -195,12 +168,7 @@ create or replace function pgshield.request_guard() returns void
 language plpgsql volatile security invoker
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_chained text := pgshield.guard_chained_function();
 begin
-  if v_chained is not null then
-    execute format('select %I.%I()', split_part(v_chained, '.', 1), split_part(v_chained, '.', 2));
-  end if;
   perform pgshield.request_guard_decide();
 end
 $$;
@@ -389,6 +357,39 @@ $$;
 revoke all on function pgshield.request_guard_status() from public, anon, authenticated, service_role;
 grant execute on function pgshield.request_guard_status() to service_role;
 
+-- Records the pre-request function chained before the guard (schema.name,
+-- or null for none) in guard_options, and writes request_guard()'s body to
+-- call it first (the hook then finds it without a lookup per request).
+-- Callers: install_request_guard, uninstall_request_guard (service_role, the
+-- owner). Errors: 22023 not a schema-qualified function without arguments.
+create or replace function pgshield.guard_set_chained(p_function text) returns void
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $fn$
+begin
+  if p_function is not null and (p_function !~ '^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$'
+                                 or to_regprocedure(p_function || '()') is null) then
+    raise exception using errcode = '22023',
+      message = format('%L is not a schema-qualified function without arguments', p_function);
+  end if;
+  update pgshield.guard_options o set chained_function = p_function, updated_at = now() where o.id;
+  execute format($ddl$create or replace function pgshield.request_guard() returns void
+language plpgsql volatile security invoker
+set search_path = pg_catalog, pg_temp
+as $body$
+begin
+%s  perform pgshield.request_guard_decide();
+end
+$body$$ddl$,
+    case when p_function is null then ''
+         else format('  perform %I.%I();', split_part(p_function, '.', 1), split_part(p_function, '.', 2)) || chr(10)
+    end);
+end
+$fn$;
+
+revoke all on function pgshield.guard_set_chained(text) from public, anon, authenticated, service_role;
+grant execute on function pgshield.guard_set_chained(text) to service_role;
+
 -- Makes PostgREST call the guard before every request in this database:
 -- ALTER ROLE authenticator IN DATABASE <this> SET pgrst.db_pre_request, then
 -- NOTIFY pgrst, 'reload config'. Idempotent. A different pre-request function
@@ -424,10 +425,10 @@ begin
       raise exception using errcode = '22023',
         message = format('the configured pre-request %L is not a schema-qualified function without arguments', v_hook);
     end if;
-    update pgshield.guard_options o set chained_function = v_hook, updated_at = now() where o.id;
+    perform pgshield.guard_set_chained(v_hook);
   elsif v_hook is null then
     -- nothing else is configured: a function chained by an earlier install is gone
-    update pgshield.guard_options o set chained_function = null, updated_at = now() where o.id;
+    perform pgshield.guard_set_chained(null);
   end if;
   begin
     execute format('alter role authenticator in database %I set pgrst.db_pre_request = %L',
@@ -485,7 +486,7 @@ begin
       message = 'not allowed to alter role authenticator',
       hint = 'run uninstall_request_guard() as the project owner (postgres on Supabase)';
   end;
-  update pgshield.guard_options o set chained_function = null, updated_at = now() where o.id;
+  perform pgshield.guard_set_chained(null);
   perform pg_notify('pgrst', 'reload config');
   return pgshield.request_guard_status();
 end

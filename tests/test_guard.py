@@ -231,6 +231,10 @@ def test_an_existing_hook_is_refused_or_chained_first(owner: psycopg.Connection)
     assert seen == [("authenticated",)] * 3
     shield.guard.uninstall()
     assert hook(owner) == "public.pgshield_t_hook", "the project's hook is put back"
+    body = owner.execute(
+        "select prosrc from pg_proc where oid = 'pgshield.request_guard()'::regprocedure"
+    ).fetchone()
+    assert body and "pgshield_t_hook" not in body[0], "the guard no longer calls it"
 
 
 def test_reinstalling_forgets_a_chained_hook_that_is_gone(owner: psycopg.Connection) -> None:

@@ -136,8 +136,10 @@ alter table pgshield.rate_limit_subject_tiers enable row level security;
 revoke all on table pgshield.rate_limit_subject_tiers from public, anon, authenticated, service_role;
 
 -- A tier's windows as arrays in window order (the decision reads one row),
--- with the fixed part of each window's JSON and the tier's RateLimit-Policy
--- header; written only by the trigger on rate_limit_policy_windows.
+-- with what of its answers is fixed, made once: each window's JSON up to its
+-- remaining count (heads), the JSON-escaped start of its RateLimit header
+-- (rate_limit_heads) and the tier's RateLimit-Policy header as a JSON string
+-- (policy_header). Written only by the trigger on rate_limit_policy_windows.
 
 create table if not exists pgshield.rate_limit_policy_tiers (
   policy text not null references pgshield.rate_limit_policies (name) on delete cascade,
@@ -146,11 +148,12 @@ create table if not exists pgshield.rate_limit_policy_tiers (
   limits integer[] not null,
   names text[] not null,
   heads text[] not null,
-  header text not null,
+  rate_limit_heads text[] not null,
+  policy_header text not null,
   primary key (policy, tier)
 );
 comment on table pgshield.rate_limit_policy_tiers is
-  'The windows of each policy and tier as arrays in window order, with the fixed part of each window''s JSON and the RateLimit-Policy header; kept from rate_limit_policy_windows by a trigger.';
+  'The windows of each policy and tier as arrays in window order, with the fixed parts of each window''s JSON and RateLimit header and the tier''s RateLimit-Policy header (JSON strings); kept from rate_limit_policy_windows by a trigger.';
 alter table pgshield.rate_limit_policy_tiers enable row level security;
 revoke all on table pgshield.rate_limit_policy_tiers from public, anon, authenticated, service_role;
 

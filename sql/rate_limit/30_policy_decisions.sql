@@ -2,8 +2,8 @@
 
 -- Rewrites the rate_limit_policy_tiers row of one policy and tier from its
 -- windows (deletes it when the tier has none left): the windows in order,
--- each window's JSON up to its remaining count, and the RateLimit-Policy
--- header of the tier (docs/data_api_guard.md).
+-- and the fixed parts of the answers about them (docs/data_api_guard.md has
+-- the header formats).
 -- Callers: the trigger below. Errors: none.
 create or replace function pgshield.rate_limit_policy_tier_refresh(p_policy text, p_tier text) returns void
 language plpgsql volatile
@@ -11,14 +11,18 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   delete from pgshield.rate_limit_policy_tiers t where t.policy = p_policy and t.tier = p_tier;
-  insert into pgshield.rate_limit_policy_tiers (policy, tier, windows, limits, names, heads, header)
+  insert into pgshield.rate_limit_policy_tiers
+    (policy, tier, windows, limits, names, heads, rate_limit_heads, policy_header)
   select w.policy, w.tier, array_agg(w.window_seconds order by w.window_seconds),
          array_agg(w.limit_value order by w.window_seconds), array_agg(w.name order by w.window_seconds),
          array_agg(format('{"name":%s,"window_seconds":%s,"limit":%s,"remaining":',
                           to_json(w.name), w.window_seconds, w.limit_value) order by w.window_seconds),
-         string_agg(format('"%s-%s";q=%s;w=%s%s', p.name, w.name, w.limit_value, w.window_seconds,
-                           case when p.unit = 'requests' then ';qu="requests"' else '' end),
-                    ', ' order by w.window_seconds)
+         array_agg(substr(to_json(format('"%s-%s";r=', p.name, w.name))::text, 2,
+                          length(to_json(format('"%s-%s";r=', p.name, w.name))::text) - 2)
+                   order by w.window_seconds),
+         to_json(string_agg(format('"%s-%s";q=%s;w=%s%s', p.name, w.name, w.limit_value, w.window_seconds,
+                                   case when p.unit = 'requests' then ';qu="requests"' else '' end),
+                            ', ' order by w.window_seconds))::text
     from pgshield.rate_limit_policy_windows w
     join pgshield.rate_limit_policies p on p.name = w.policy
    where w.policy = p_policy and w.tier = p_tier
@@ -160,10 +164,12 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 --   p_mode 'usage': apply p_cost (negative refunds) to every window regardless
 --     of the limits, on the locked row; the result then describes a request
 --     of cost 1.
---   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard:
---     windows is then the object of rate limit response headers (RateLimit,
---     RateLimit-Policy, and Retry-After on a denial that can succeed later)
---     instead of the windows array.
+--   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard.
+--     Allowed: the RateLimit and RateLimit-Policy headers are appended to
+--     response.headers, windows is null. Denied: windows is the object of
+--     headers (with Retry-After when a wait can help) for the 429.
+--   p_mode 'guard_silent', 'guard_silent_peek': the same, sending no headers
+--     when allowed.
 -- Stored windows are matched to the tier's windows by length; state written
 -- under another algorithm reads as none.
 -- Callers: pack functions. Errors: 22023 when the tier has no windows.
@@ -182,7 +188,9 @@ declare
   v_lim integer[];
   v_names text[];
   v_heads text[];
-  v_header text;
+  v_rl_heads text[];
+  v_policy_header text;
+  v_sent text;
   v_n integer;
   v_now timestamptz;
   v_now_us bigint;
@@ -199,15 +207,16 @@ declare
   v_bind integer;
   v_remaining integer;
   v_json text := '[';
+  v_windows boolean := p_mode not like 'guard%';  -- the result's windows is the windows JSON
   v_violated text[] := array[]::text[];
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
   v_a numeric; v_u numeric;
 begin
-  select t.tier, t.windows, t.limits, t.names, t.heads, t.header,
+  select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
          s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
          coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                   clock_timestamp())
-    into v_tier, v_ws, v_lim, v_names, v_heads, v_header,
+    into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
          v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
     from pgshield.rate_limit_policy_tiers t
     left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
@@ -260,7 +269,7 @@ begin
         v_w := v_ws[v_i] * 1000000::bigint;
         v_stored := v_start[v_i];
         v_t := greatest(v_now_us, v_stored);
-        v_s0 := v_t - ((v_t % v_w) + v_w) % v_w;
+        v_s0 := v_t - v_t % v_w;  -- v_t is after 1970
         v_cur := case when v_stored = v_s0 then v_count[v_i] else 0 end;
         v_pv := case when p_policy.algorithm = 'fixed_window' then 0 when v_stored = v_s0 then v_prev[v_i]
                      when v_stored = v_s0 - v_w then v_count[v_i] else 0 end;
@@ -271,8 +280,7 @@ begin
         end if;
         v_cur := v_cur + p_cost;
         -- ceil(v_a / v_w), the previous window's share: used is count + it.
-        v_u := div(v_a, v_w);
-        v_u := case when v_u * v_w < v_a then v_u + 1 else v_u end;
+        v_u := div(v_a + v_w - 1, v_w);
         n_start[v_i] := v_s0;
         n_count[v_i] := v_cur;
         n_prev[v_i] := v_pv;
@@ -283,7 +291,7 @@ begin
         if v_bind is null or r_rem[v_i] <= r_rem[v_bind] then
           v_bind := v_i;
         end if;
-        if p_mode not like 'guard%' then
+        if v_windows then
           v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || (v_cur + v_u) || ',"reset_at":'
                     || to_json(r_reset[v_i]) || ',"retry_after_ms":0,"allowed":true},';
         end if;
@@ -310,7 +318,7 @@ begin
         v_all_fit := v_all_fit and v_e.fits;
       end loop;
     end if;
-    exit decide when p_mode in ('peek', 'guard_peek') or not v_all_fit;
+    exit decide when p_mode like '%peek' or not v_all_fit;
     if v_locked then
       update pgshield.rate_limit_policy_state s
          set algorithm = p_policy.algorithm, windows = v_ws, limits = v_lim, starts = n_start,
@@ -385,7 +393,7 @@ begin
     v_json := '[';
     for v_i in 1 .. v_n loop
       v_remaining := least(v_remaining, r_rem[v_i]);
-      if p_mode not like 'guard%' then
+      if v_windows then
         v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || r_used[v_i] || ',"reset_at":'
                   || to_json(r_reset[v_i]) || ',"retry_after_ms":' || r_retry[v_i] || ',"allowed":'
                   || r_fits[v_i] || '},';
@@ -409,20 +417,40 @@ begin
     v_remaining := r_rem[v_bind];  -- every window fits: the binding one has the fewest
   end if;
 
-  if p_mode in ('check', 'guard') then
+  if p_mode in ('check', 'guard', 'guard_silent') then
     perform nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
+  end if;
+  if not v_windows then
+    -- The binding window's RateLimit header; allowed: sent with the tier's
+    -- RateLimit-Policy through response.headers (after what is there), the
+    -- result's windows then null; denied: the headers object, Retry-After too
+    -- when a wait can help, as the result's windows.
+    v_json := v_rl_heads[v_bind] || v_remaining || ';t='
+              || greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint;
+    if not v_all_fit then
+      v_json := '{"RateLimit": "' || v_json || '", "RateLimit-Policy": ' || v_policy_header
+                || case when r_retry[v_bind] > 0
+                        then ', "Retry-After": "' || ceil(r_retry[v_bind] / 1000.0)::bigint || '"' else '' end
+                || '}';
+    elsif p_mode in ('guard', 'guard_peek') then
+      v_json := '[{"RateLimit": "' || v_json || '"}, {"RateLimit-Policy": ' || v_policy_header || '}]';
+      v_sent := nullif(current_setting('response.headers', true), '');
+      perform set_config('response.headers',
+        case when v_sent is null then v_json
+             else (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
+                   || v_json::jsonb)::text end,
+        true);
+      v_json := null;
+    else
+      v_json := null;
+    end if;
+  else
+    v_json := rtrim(v_json, ',') || ']';
   end if;
   return row(v_all_fit, v_lim[v_bind], v_remaining, r_reset[v_bind],
              case when v_all_fit then 0 else r_retry[v_bind] end, p_policy.name, v_tier, p_subject,
              least(greatest(p_cost, -2147483648), 2147483647)::integer, p_policy.unit,
-             case when p_mode not like 'guard%' then (rtrim(v_json, ',') || ']')::jsonb
-                  else format('{"RateLimit":%s,"RateLimit-Policy":%s%s}',
-                              to_json(format('"%s-%s";r=%s;t=%s', p_policy.name, v_names[v_bind], v_remaining,
-                                             greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint)),
-                              to_json(v_header),
-                              case when not v_all_fit and r_retry[v_bind] > 0
-                                   then format(',"Retry-After":"%s"', ceil(r_retry[v_bind] / 1000.0)::bigint) end)::jsonb
-             end, v_violated)::public.rate_limit_check_result;
+             v_json::jsonb, v_violated)::public.rate_limit_check_result;
 end
 $$;
 

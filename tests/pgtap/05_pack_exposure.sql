@@ -29,10 +29,9 @@ select set_eq(
     -- what those two invoker entry points call
     'pgshield.rate_limit_check(text, integer, text, text, boolean)',
     -- the Data API guard: PostgREST calls it before every request, as the request's role;
-    -- it runs as the invoker and calls the two after it
+    -- it runs as the invoker and calls the one after it
     'pgshield.request_guard()',
-    'pgshield.request_guard_decide()',
-    'pgshield.guard_chained_function()'
+    'pgshield.request_guard_decide()'
   ],
   'anon may execute exactly the pack functions on its allowlist');
 
@@ -56,7 +55,6 @@ select set_eq(
     'pgshield.rate_limit_usage_of(text, text)',
     'pgshield.request_guard()',
     'pgshield.request_guard_decide()',
-    'pgshield.guard_chained_function()',
     -- merge_jsonb runs with the caller's rights, so what it calls is granted too
     'pgshield.jsonb_merge_check_args(text, jsonb, text[])',
     'pgshield.jsonb_merge_dynamic(text, text, jsonb, text[], text)',
