@@ -153,13 +153,11 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 --   p_mode 'check': consume p_cost in every window or in none. One plain
 --     read (tier, windows, the state row and the clock in one statement)
 --     decides; a denial writes nothing. An allowed call writes the row in one
---     upsert that only changes it if it is still the version that was read
---     (compare and set on xmin); a missing row is inserted. When the row had
---     moved, that statement has locked it anyway (ON CONFLICT DO UPDATE locks
---     the row it does not change): the call reads it and the clock again and
---     decides once more on the locked state. When the row that was read is
---     gone (a reset committed in between), the upsert inserts it from the old
---     read: the call then decides again from no state, on the row it holds.
+--     update that only changes it if it is still the version that was read
+--     (compare and set on xmin), or inserts it if none was read and none is
+--     there. When the row had moved, appeared or gone (a reset committed in
+--     between), the call locks it (inserted empty when gone), reads it and the
+--     clock again, and decides once more on the locked state.
 --   p_mode 'peek':  the same decision from the plain read; nothing written.
 --   p_mode 'usage': apply p_cost (negative refunds) to every window regardless
 --     of the limits, on the locked row; the result then describes a request
@@ -203,7 +201,6 @@ declare
   v_all_fit boolean;
   v_fast boolean;
   v_locked boolean := false;
-  v_inserted boolean;
   v_bind integer;
   v_remaining integer;
   v_json text := '[';
@@ -319,40 +316,33 @@ begin
       end loop;
     end if;
     exit decide when p_mode like '%peek' or not v_all_fit;
-    if v_locked then
+    if v_locked or v_xmin is not null then
+      -- Compare and set: the row is changed only while it is the version that
+      -- was read (or once this call holds it locked).
       update pgshield.rate_limit_policy_state s
          set algorithm = p_policy.algorithm, windows = v_ws, limits = v_lim, starts = n_start,
              counts = n_count, prevs = n_prev, tats = coalesce(n_tat, '{}'), expires_at = v_expires
-       where s.subject = p_subject and s.policy = p_policy.name;
-      exit decide;
+       where s.subject = p_subject and s.policy = p_policy.name and (v_locked or s.xmin = v_xmin);
+    else
+      -- None was read: insert it, unless one appeared meanwhile (then locked).
+      insert into pgshield.rate_limit_policy_state as s
+        (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
+      values (p_subject, p_policy.name, p_policy.algorithm, v_ws, v_lim, n_start, n_count, n_prev,
+              coalesce(n_tat, '{}'), v_expires)
+      on conflict (subject, policy) do update set expires_at = s.expires_at where false;
     end if;
-    -- Compare and set: the row is changed only while it is the version that
-    -- was read; a missing row is inserted. Either way the statement leaves
-    -- the row locked (ON CONFLICT DO UPDATE locks the row it does not change).
+    exit decide when found;
+    -- The row moved since the read, appeared, or is gone (a reset): lock it,
+    -- inserting it empty when gone (an empty row reads as none), and read it,
+    -- and the clock, again; never back in time.
     insert into pgshield.rate_limit_policy_state as s
       (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
-    values (p_subject, p_policy.name, p_policy.algorithm, v_ws, v_lim, n_start, n_count, n_prev,
-            coalesce(n_tat, '{}'), v_expires)
-    on conflict (subject, policy) do update
-       set algorithm = excluded.algorithm, windows = excluded.windows, limits = excluded.limits,
-           starts = excluded.starts, counts = excluded.counts, prevs = excluded.prevs, tats = excluded.tats,
-           expires_at = excluded.expires_at
-     where s.xmin = v_xmin
-    returning s.xmax = '0'::xid into v_inserted;  -- xmax 0: inserted, not updated
-    exit decide when found and (v_xmin is null or not v_inserted);
-    -- The row moved since the read (or appeared), and is locked now: read it,
-    -- and the clock, again; never back in time. Or the row that was read is
-    -- gone (a reset) and this call has just inserted it from the old read:
-    -- decide again from no state, on the row it holds.
+    values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
+    on conflict (subject, policy) do update set expires_at = s.expires_at where false;
     v_locked := true;
-    if found then
-      v_salg := null;
-      v_sws := null;
-    else
-      select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
-        into v_salg, v_sws, v_start, v_count, v_prev, v_tat
-        from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
-    end if;
+    select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
+      into v_salg, v_sws, v_start, v_count, v_prev, v_tat
+      from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
     v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
                                          from pgshield.clock c), clock_timestamp()));
   end loop;
