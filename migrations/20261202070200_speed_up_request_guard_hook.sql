@@ -64,15 +64,14 @@ begin
   if v_res.allowed then
     return;
   end if;
+  -- PostgREST's form: a JSON message (the body) and a JSON detail (status
+  -- and headers), written as text (no jsonb built only to be printed).
   raise sqlstate 'PGRST' using
-    message = jsonb_build_object(
-      'code', 'PT429',
-      'message', 'Too many requests',
-      'details', format('rate limit %s exceeded (%s)', v_policy.name, array_to_string(v_res.violated, ', ')),
-      'hint', case when v_res.retry_after_ms > 0
-                   then format('retry after %s ms', v_res.retry_after_ms)
-                   else 'this request can never fit the limit' end)::text,
-    detail = jsonb_build_object('status', 429, 'headers', v_res.windows)::text;
+    message = format('{"code": "PT429", "message": "Too many requests", "details": %s, "hint": %s}',
+      to_json(format('rate limit %s exceeded (%s)', v_policy.name, array_to_string(v_res.violated, ', '))),
+      to_json(case when v_res.retry_after_ms > 0 then format('retry after %s ms', v_res.retry_after_ms)
+                   else 'this request can never fit the limit' end)),
+    detail = format('{"status": 429, "headers": %s}', v_res.windows);
 end
 $$;
 

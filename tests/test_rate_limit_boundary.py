@@ -239,12 +239,20 @@ def policy_call(policy: str, subject: str, algorithm: str):
 
 
 def final_state(db: str, key: str, policy: str) -> dict[int, tuple[int, int, int]]:
+    """Each stored window's (start, count, previous count): direct keys' rows (policy ''), or
+    the windows of the subject's one row under the policy."""
+    source = (
+        "pgshield.rate_limit_state s where s.key = %s and s.policy = %s"
+        if policy == ""
+        else "pgshield.rate_limit_policy_windows_of(%s) s where s.policy = %s"
+    )
     with psycopg.connect(db) as c:
         rows = c.execute(
-            "select window_seconds, (extract(epoch from window_start) * 1000000)::bigint,"
-            " count, prev_count from pgshield.rate_limit_state where key = %s and policy = %s",
+            "select s.window_seconds, (extract(epoch from s.window_start) * 1000000)::bigint,"
+            f" s.count, s.prev_count from {source}",
             (key, policy),
         ).fetchall()
+    assert rows, f"no state stored for {key!r} under {policy!r}"
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 

@@ -200,6 +200,10 @@ declare
   v_e pgshield.rate_limit_eval;
   v_all_fit boolean;
   v_fast boolean;
+  v_fixed boolean := p_policy.algorithm = 'fixed_window';
+  v_reported boolean := false;  -- a refusal already reports every window as it stands
+  v_ok boolean;
+  v_k integer;
   v_locked boolean := false;
   v_bind integer;
   v_remaining integer;
@@ -257,45 +261,73 @@ begin
     v_fast := p_mode <> 'usage' and p_policy.algorithm <> 'token_bucket';
     if v_fast then
       -- Fixed and sliding windows: rate_limit_evaluate's arithmetic written
-      -- out (no call per window) while every window fits; the binding window,
-      -- the expiry and the windows JSON on the way.
+      -- out (no call per window). While every window fits: the state to
+      -- write, the binding window, the expiry and the windows JSON on the
+      -- way. At the first window that does not fit, nothing is consumed: the
+      -- loop starts again, and every window reports its state as it stands,
+      -- and a window the cost does not fit its wait.
       v_expires := v_now;
       v_bind := null;
       v_json := '[';
-      for v_i in 1 .. v_n loop
-        v_w := v_ws[v_i] * 1000000::bigint;
-        v_stored := v_start[v_i];
+      v_k := 1;
+      while v_k <= v_n loop
+        v_w := v_ws[v_k] * 1000000::bigint;
+        v_stored := v_start[v_k];
         v_t := greatest(v_now_us, v_stored);
         v_s0 := v_t - v_t % v_w;  -- v_t is after 1970
-        v_cur := case when v_stored = v_s0 then v_count[v_i] else 0 end;
-        v_pv := case when p_policy.algorithm = 'fixed_window' then 0 when v_stored = v_s0 then v_prev[v_i]
-                     when v_stored = v_s0 - v_w then v_count[v_i] else 0 end;
+        v_cur := case when v_stored = v_s0 then v_count[v_k] else 0 end;
+        v_pv := case when v_fixed then 0 when v_stored = v_s0 then v_prev[v_k]
+                     when v_stored = v_s0 - v_w then v_count[v_k] else 0 end;
         v_a := v_pv::numeric * (v_w - v_t + v_s0);
-        if p_cost > v_lim[v_i] or v_a + (v_cur + p_cost)::numeric * v_w > v_lim[v_i]::numeric * v_w then
-          v_fast := false;
-          exit;
-        end if;
-        v_cur := v_cur + p_cost;
         -- ceil(v_a / v_w), the previous window's share: used is count + it.
         v_u := div(v_a + v_w - 1, v_w);
-        n_start[v_i] := v_s0;
-        n_count[v_i] := v_cur;
-        n_prev[v_i] := v_pv;
-        r_rem[v_i] := least(greatest(v_lim[v_i] - v_cur - v_u, 0), v_lim[v_i]);
-        r_reset[v_i] := timestamptz 'epoch' + (v_s0 + case when p_policy.algorithm = 'fixed_window' then v_w
-                                                             else 2 * v_w end) * interval '1 microsecond';
-        v_expires := greatest(v_expires, r_reset[v_i]);
-        if v_bind is null or r_rem[v_i] <= r_rem[v_bind] then
-          v_bind := v_i;
+        v_ok := p_cost <= v_lim[v_k] and v_a + (v_cur + p_cost)::numeric * v_w <= v_lim[v_k]::numeric * v_w;
+        if v_fast and not v_ok then
+          v_fast := false;
+          v_k := 1;
+          continue;
         end if;
-        if v_windows then
-          v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || (v_cur + v_u) || ',"reset_at":'
-                    || to_json(r_reset[v_i]) || ',"retry_after_ms":0,"allowed":true},';
+        if v_fast then
+          v_cur := v_cur + p_cost;
+          n_start[v_k] := v_s0;
+          n_count[v_k] := v_cur;
+          n_prev[v_k] := v_pv;
         end if;
+        r_rem[v_k] := least(greatest(v_lim[v_k] - v_cur - v_u, 0), v_lim[v_k]);
+        r_reset[v_k] := timestamptz 'epoch'
+          + (case when v_cur > 0 then v_s0 + case when v_fixed then v_w else 2 * v_w end
+                  when v_pv > 0 then v_s0 + v_w else v_t end) * interval '1 microsecond';
+        if v_fast then
+          v_expires := greatest(v_expires, r_reset[v_k]);
+          if v_bind is null or r_rem[v_k] <= r_rem[v_bind] then
+            v_bind := v_k;
+          end if;
+          if v_windows then
+            v_json := v_json || v_heads[v_k] || r_rem[v_k] || ',"used":' || (v_cur + v_u) || ',"reset_at":'
+                      || to_json(r_reset[v_k]) || ',"retry_after_ms":0,"allowed":true},';
+          end if;
+        else
+          r_fits[v_k] := v_ok;
+          r_used[v_k] := v_cur + v_u;
+          -- The wait, rounded up to the millisecond: to the window's end
+          -- (fixed); sliding: until the previous window's weight has fallen
+          -- enough, or, when this window alone is too full, until its count
+          -- becomes the previous one and weighs little enough.
+          r_retry[v_k] := case
+            when v_ok then 0
+            when p_cost > v_lim[v_k] then -1
+            else least(div(case when v_fixed then v_s0 + v_w - v_t
+                                when v_lim[v_k] - v_cur - p_cost >= 0
+                                then v_w - div((v_lim[v_k] - v_cur - p_cost)::numeric * v_w, v_pv) - (v_t - v_s0)
+                                else (v_w - (v_t - v_s0)) + v_w - div((v_lim[v_k] - p_cost)::numeric * v_w, v_cur)
+                           end + 999, 1000), 2147483647)
+          end;
+        end if;
+        v_k := v_k + 1;
       end loop;
       v_all_fit := v_fast;
-    end if;
-    if not v_fast then
+      v_reported := not v_fast;
+    else
       v_all_fit := true;
       v_expires := v_now;
       for v_i in 1 .. v_n loop
@@ -361,7 +393,7 @@ begin
       r_retry[v_i] := v_e.retry_after_ms;
       v_all_fit := v_all_fit and v_e.fits;
     end loop;
-  elsif not v_all_fit then
+  elsif not v_all_fit and not v_reported then
     -- Nothing is consumed: windows that would have fitted report their
     -- current state rather than the state after the refused cost.
     for v_i in 1 .. v_n loop
