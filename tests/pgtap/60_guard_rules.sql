@@ -1,7 +1,7 @@
 -- guard: rules, the hook as PostgREST calls it, read-only requests, roles and bad input.
 begin;
 \ir _helpers.psql
-select plan(31);
+select plan(38);
 
 select pgshield.set_clock('2001-01-01 00:00:05+00');
 select pgshield.set_client_address_source('x-forwarded-for', 1);  -- whatever the project set
@@ -67,10 +67,14 @@ select pg_temp.act_as('authenticated', pg_temp.test_user('alice'));
 select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes') $$, '42501', null,
   'authenticated cannot define rules');
 select throws_ok($$ select pgshield.guard_rule_list() $$, '42501', null, 'authenticated cannot list rules');
+select throws_ok($$ select pgshield.guard_set_chained('public.pgshield_t_hook') $$, '42501', null,
+  'authenticated cannot choose the chained hook');
 select pg_temp.act_as('anon');
 select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes') $$, '42501', null,
   'anon cannot define rules');
 select throws_ok($$ select pgshield.install_request_guard() $$, '42501', null, 'anon cannot install the guard');
+select throws_ok($$ select pgshield.guard_set_chained('public.pgshield_t_hook') $$, '42501', null,
+  'anon cannot choose the chained hook');
 select pg_temp.act_as('service_role');
 select is((pgshield.define_guard_rule('pgshield_t_writes', 'authenticated', 'DELETE', '/pgshield_t_svc'))
           ->> 'path', '/pgshield_t_svc', 'service_role defines rules');
@@ -79,6 +83,31 @@ select throws_ok($$ select pgshield.set_guard_options(null) $$, '22023', null,
   'set_guard_options(null) is bad input');
 select is((pgshield.request_guard_status() ->> 'allowed_headers')::boolean, true,
           '... and changed nothing');
+select pg_temp.act_as_owner();
+
+-- the chained hook: request_guard's body calls it by name, written by guard_set_chained
+create function public.pgshield_t_hook() returns void language sql set search_path = pg_catalog as 'select 1';
+create temp table t_hook as
+  select p.prosrc as body, (select o.chained_function from pgshield.guard_options o where o.id) as chained
+    from pg_proc p where p.oid = 'pgshield.request_guard()'::regprocedure;
+grant select on t_hook to service_role;
+select pg_temp.act_as('service_role');
+select throws_ok($$ select pgshield.guard_set_chained('public.pgshield_t_no_such_hook') $$, '22023', null,
+  'guard_set_chained refuses a function that does not exist');
+select throws_ok($$ select pgshield.guard_set_chained('public.x(); drop table y') $$, '22023', null,
+  '... and a name that is not schema.function');
+select ok((select p.prosrc = t.body
+                  and pgshield.request_guard_status() ->> 'chained_function' is not distinct from t.chained
+             from pg_proc p, t_hook t where p.oid = 'pgshield.request_guard()'::regprocedure),
+  '... changing neither the hook''s body nor the options');
+select pgshield.guard_set_chained('public.pgshield_t_hook');
+select ok((select p.prosrc like '%perform public.pgshield_t_hook();%' from pg_proc p
+            where p.oid = 'pgshield.request_guard()'::regprocedure),
+  'service_role chains a hook: request_guard calls it by name');
+select pgshield.guard_set_chained(null);
+select ok((select p.prosrc not like '%pgshield_t_hook%' from pg_proc p
+            where p.oid = 'pgshield.request_guard()'::regprocedure),
+  '... and unchains it');
 select pg_temp.act_as_owner();
 
 
