@@ -13,6 +13,12 @@ set local lock_timeout = '5s';
 set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;
 
+-- No call writes rate_limit_state until this commits, so no policy row is
+-- counted there after the copy below (a call already waiting keeps its old
+-- body and writes there after the commit: that row is never read again and
+-- expires; that one request goes uncounted). Readers are not blocked.
+lock table pgshield.rate_limit_state in share row exclusive mode;
+
 -- ------------------------------------------------------------------ tables ----
 
 create table if not exists pgshield.rate_limit_policy_tiers (

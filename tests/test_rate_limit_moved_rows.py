@@ -11,7 +11,13 @@ counted once, the hour on top of what the other transaction set), and the moved 
 (denied, and every window holds exactly what it held).
 
 A fixed-window increment that is refused at its clock reading but whose window ends while it
-waits for the row: it is decided again at the later time, and counted in the new window.
+waits for the row: it is decided again at the later time, and counted in the new window. The
+same for recorded usage: recorded at the time it got the row, never into a window over by then.
+
+Around them: a reset committed while a check waits is not undone; a policy row left in the
+direct keys' table by a call in flight during the move to one row is never read; a check in a
+read-only transaction is 25006 whatever its outcome; under repeatable read a row changed since
+the snapshot is 40001 (nothing lost, nothing written).
 """
 
 from __future__ import annotations
@@ -55,39 +61,63 @@ def wait_until_blocked(conn: psycopg.Connection, function: str) -> None:
     pytest.fail(f"{function} never waited for the held row")
 
 
+def while_held(
+    db: str,
+    conn: psycopg.Connection,
+    lock: str,
+    lock_args: tuple,
+    function: str,
+    call,
+    meanwhile,
+) -> object:
+    """``call(c)`` on its own connection while another transaction holds the row that ``lock``
+    locks (selects for update, or deletes); once the call waits for it, ``meanwhile(holder)``
+    runs in the holding transaction, which then commits. Returns what the call returned."""
+    result: dict[str, object] = {}
+    with connect(db) as holder:
+        holder.execute("begin")
+        holder.execute(lock, lock_args)
+
+        def work() -> None:
+            with connect(db) as c:
+                result["row"] = call(c)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        wait_until_blocked(conn, function)
+        meanwhile(holder)
+        holder.execute("commit")
+        worker.join(30)
+        assert not worker.is_alive()
+    return result["row"]
+
+
+POLICY_ROW = (
+    "select 1 from pgshield.rate_limit_policy_state where subject = %s and policy = %s for update"
+)
+
+
 def check_while_hour_row_moves(
     db: str, conn: psycopg.Connection, hour_count_after: int
 ) -> tuple[bool, list[str]]:
     """Run one check of cost 2 while another transaction sets the hour row's count."""
-    result: dict[str, object] = {}
-    with connect(db) as holder:
-        holder.execute("begin")
-        holder.execute(
-            "select 1 from pgshield.rate_limit_policy_state"
-            " where subject = %s and policy = %s for update",
-            (SUBJECT, POLICY),
-        )
-
-        def check() -> None:
-            with connect(db) as c:
-                row = c.execute(
-                    "select allowed, violated from public.check_rate_limit(%s, 2, null, %s)",
-                    (POLICY, SUBJECT),
-                ).fetchone()
-                result["row"] = row
-
-        worker = threading.Thread(target=check)
-        worker.start()
-        wait_until_blocked(conn, "check_rate_limit")
-        holder.execute(
+    row = while_held(
+        db,
+        conn,
+        POLICY_ROW,
+        (SUBJECT, POLICY),
+        "check_rate_limit",
+        lambda c: c.execute(
+            "select allowed, violated from public.check_rate_limit(%s, 2, null, %s)",
+            (POLICY, SUBJECT),
+        ).fetchone(),
+        lambda holder: holder.execute(
             "update pgshield.rate_limit_policy_state"
             " set counts[array_position(windows, 3600)] = %s where subject = %s and policy = %s",
             (hour_count_after, SUBJECT, POLICY),
-        )
-        holder.execute("commit")
-        worker.join(30)
-        assert not worker.is_alive()
-    allowed, violated = result["row"]  # type: ignore[misc]
+        ),
+    )
+    allowed, violated = row  # type: ignore[misc]
     return allowed, violated
 
 
@@ -134,31 +164,21 @@ def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
     conn.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
     for _ in range(limit):
         conn.execute("select public.increment_rate_limit(%s, %s, 60)", (key, limit))
-    result: dict[str, object] = {}
-    with connect(db) as holder:
-        holder.execute("begin")
-        holder.execute(
-            "select 1 from pgshield.rate_limit_state where key = %s and policy = '' for update",
-            (key,),
-        )
-
-        def increment() -> None:
-            with connect(db) as c:
-                result["row"] = c.execute(
-                    "select allowed, reset_at, remaining"
-                    " from public.increment_rate_limit(%s, %s, 60)",
-                    (key, limit),
-                ).fetchone()
-
-        worker = threading.Thread(target=increment)
-        worker.start()
-        wait_until_blocked(conn, "increment_rate_limit")
-        # The window ends while the increment waits (the clock moves in the holder's transaction).
-        holder.execute("select pgshield.advance_clock('60 seconds')")
-        holder.execute("commit")
-        worker.join(30)
-        assert not worker.is_alive()
-    allowed, reset_at, remaining = result["row"]  # type: ignore[misc]
+    row = while_held(
+        db,
+        conn,
+        "select 1 from pgshield.rate_limit_state where key = %s and policy = '' for update",
+        (key,),
+        "increment_rate_limit",
+        lambda c: c.execute(
+            "select allowed, reset_at, remaining from public.increment_rate_limit(%s, %s, 60)",
+            (key, limit),
+        ).fetchone(),
+        # The window ends while the increment waits (the clock moves in the holder's
+        # transaction).
+        lambda holder: holder.execute("select pgshield.advance_clock('60 seconds')"),
+    )
+    allowed, reset_at, remaining = row  # type: ignore[misc]
     assert (allowed, remaining) == (True, limit - 1)
     assert reset_at.isoformat() == "2030-01-01T00:02:00+00:00"
     row = conn.execute(
@@ -175,23 +195,118 @@ def test_a_reset_committed_while_a_check_waits_is_not_undone(
     # The check reads the row (3 in each window), then its write waits on the row a reset is
     # deleting. Once the reset commits, the row it read is gone: the check must count from
     # nothing, not write back what it computed from its read.
-    result: dict[str, object] = {}
-    with connect(db) as holder:
-        holder.execute("begin")
-        holder.execute("select public.reset_rate_limit_subject(%s, %s)", (SUBJECT, POLICY))
-
-        def check() -> None:
-            with connect(db) as c:
-                result["row"] = c.execute(
-                    "select allowed, remaining from public.check_rate_limit(%s, 1, null, %s)",
-                    (POLICY, SUBJECT),
-                ).fetchone()
-
-        worker = threading.Thread(target=check)
-        worker.start()
-        wait_until_blocked(conn, "check_rate_limit")
-        holder.execute("commit")
-        worker.join(30)
-        assert not worker.is_alive()
-    assert result["row"] == (True, 9)
+    row = while_held(
+        db,
+        conn,
+        "select public.reset_rate_limit_subject(%s, %s)",
+        (SUBJECT, POLICY),
+        "check_rate_limit",
+        lambda c: c.execute(
+            "select allowed, remaining from public.check_rate_limit(%s, 1, null, %s)",
+            (POLICY, SUBJECT),
+        ).fetchone(),
+        lambda holder: None,
+    )
+    assert row == (True, 9)
     assert counts(conn) == {60: 1, 3600: 1, 86400: 1}
+
+
+@pytest.mark.usefixtures("policy")
+def test_usage_recorded_after_waiting_for_the_row_goes_into_the_window_of_that_time(
+    db: str, conn: psycopg.Connection
+) -> None:
+    # The clock is read before the row lock is taken; while record_rate_limit_usage waits for
+    # it, the minute window ends. The usage must be recorded at the time the lock was got: in
+    # the new minute (the hour and the day go on), never into the minute that is already over.
+    row = while_held(
+        db,
+        conn,
+        POLICY_ROW,
+        (SUBJECT, POLICY),
+        "record_rate_limit_usage",
+        lambda c: c.execute(
+            "select allowed, reset_at from public.record_rate_limit_usage(%s, %s, 5)",
+            (POLICY, SUBJECT),
+        ).fetchone(),
+        lambda holder: holder.execute("select pgshield.advance_clock('60 seconds')"),  # 00:01:10
+    )
+    assert counts(conn) == {60: 5, 3600: 8, 86400: 8}
+    starts = conn.execute(
+        "select u.w, timestamptz 'epoch' + u.st * interval '1 microsecond'"
+        " from pgshield.rate_limit_policy_state s, unnest(s.windows, s.starts) as u(w, st)"
+        " where s.subject = %s and s.policy = %s",
+        (SUBJECT, POLICY),
+    ).fetchall()
+    assert {w: t.isoformat() for w, t in starts}[60] == "2030-01-01T00:01:00+00:00"
+    allowed, reset_at = row  # type: ignore[misc]
+    assert allowed is True
+    assert reset_at.isoformat() > "2030-01-01T00:01:10+00:00", reset_at  # not in the past
+    used = conn.execute(
+        "select (e ->> 'used')::int from jsonb_array_elements(public.get_rate_limit_usage(%s)) e"
+        " where (e ->> 'window_seconds')::int = 60",
+        (SUBJECT,),
+    ).fetchone()
+    assert used == (5,)
+
+
+@pytest.mark.usefixtures("policy")
+def test_a_policy_row_left_in_the_direct_keys_table_is_not_read_and_expires(
+    conn: psycopg.Connection,
+) -> None:
+    # What a call of the old code, blocked while 20261202070000 moved the policy rows, writes
+    # after the move: a row of the old shape. Nothing reads it; cleanup removes it once expired.
+    conn.execute(
+        "insert into pgshield.rate_limit_state (key, policy, window_seconds, algorithm,"
+        " limit_value, window_start, count, prev_count, tat, expires_at)"
+        " values (%s, %s, 60, 'fixed_window', 100, '2030-01-01 00:00:00+00', 50, 0, null,"
+        " '2030-01-01 00:01:00+00')",
+        (SUBJECT, POLICY),
+    )
+    listed = conn.execute(
+        "select window_seconds, used from pgshield.rate_limit_usage where key = %s", (SUBJECT,)
+    ).fetchall()
+    assert sorted(listed) == [(60, 3), (3600, 3), (86400, 3)]
+    assert conn.execute(
+        "select remaining from public.peek_check_rate_limit(%s, 1, null, %s)", (POLICY, SUBJECT)
+    ).fetchone() == (6,)  # the hour's 10, 3 used, 1 asked for: the old row counts for nothing
+    conn.execute("select pgshield.advance_clock('2 minutes')")
+    conn.execute("select pgshield.cleanup_expired_rate_limits()")
+    assert conn.execute(
+        "select count(*) from pgshield.rate_limit_state where key = %s", (SUBJECT,)
+    ).fetchone() == (0,)
+
+
+@pytest.mark.usefixtures("policy")
+def test_a_check_in_a_read_only_transaction_fails_with_25006_whatever_its_outcome(
+    db: str, conn: psycopg.Connection
+) -> None:
+    # As PostgREST runs GET: a check would consume and count, so it is refused whether it would
+    # be allowed (cost 1) or denied (cost 8 > the hour's 7 left); a peek answers.
+    with connect(db) as c:
+        for cost in (1, 8):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), c.transaction():
+                c.execute("set transaction read only")
+                c.execute(
+                    "select public.check_rate_limit(%s, %s, null, %s)", (POLICY, cost, SUBJECT)
+                )
+        with c.transaction():
+            c.execute("set transaction read only")
+            peeked = c.execute(
+                "select allowed from public.peek_check_rate_limit(%s, 8, null, %s)",
+                (POLICY, SUBJECT),
+            ).fetchone()
+        assert peeked == (False,)
+    assert counts(conn) == {60: 3, 3600: 3, 86400: 3}
+
+
+@pytest.mark.usefixtures("policy")
+def test_under_repeatable_read_a_row_changed_since_the_snapshot_is_40001(
+    db: str, conn: psycopg.Connection
+) -> None:
+    with connect(db) as a, pytest.raises(psycopg.errors.SerializationFailure), a.transaction():
+        a.execute("set transaction isolation level repeatable read")
+        a.execute("select 1")  # the snapshot
+        conn.execute("select public.check_rate_limit(%s, 1, null, %s)", (POLICY, SUBJECT))
+        a.execute("select public.check_rate_limit(%s, 1, null, %s)", (POLICY, SUBJECT))
+    # Only the read committed call counted; the refused transaction changed nothing.
+    assert counts(conn) == {60: 4, 3600: 4, 86400: 4}

@@ -100,3 +100,51 @@ def test_policy_checks_agree_with_the_evaluator(db: str, algorithm: str) -> None
             allowed += fits
             denied += not fits
         assert allowed > 20 and denied > 20, (allowed, denied)
+
+
+def test_usage_reads_the_state_as_the_decision_does_after_a_redefinition(
+    conn: psycopg.Connection,
+) -> None:
+    """After a policy is redefined, usage shows what the next decision will count on."""
+    policy, subject = "pgshield_t_redefined", "pgshield_t_redefined_subject"
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+
+    def define(windows: str, algorithm: str) -> None:
+        conn.execute(
+            "select public.define_rate_limit_policy(%s, %s::jsonb, p_algorithm => %s,"
+            " p_default_tier => 't')",
+            (policy, windows, algorithm),
+        )
+
+    def usage() -> dict[int, tuple[int, int, int]]:
+        rows = conn.execute(
+            "select (e ->> 'window_seconds')::int, (e ->> 'limit')::int, (e ->> 'used')::int,"
+            " (e ->> 'remaining')::int from jsonb_array_elements(public.get_rate_limit_usage(%s))"
+            " e where e ->> 'policy' = %s",
+            (subject, policy),
+        ).fetchall()
+        view = conn.execute(
+            'select window_seconds, "limit", used, remaining from pgshield.rate_limit_usage'
+            " where key = %s and policy = %s",
+            (subject, policy),
+        ).fetchall()
+        assert sorted(rows) == sorted(view)
+        return {w: (lim, used, rem) for w, lim, used, rem in rows}
+
+    def peek() -> int:
+        return conn.execute(
+            "select remaining from public.peek_check_rate_limit(%s, 1, null, %s)",
+            (policy, subject),
+        ).fetchone()[0]  # type: ignore[index]
+
+    define('{"t": {"60": 5, "3600": 50}}', "fixed_window")
+    conn.execute("select public.check_rate_limit(%s, 5, null, %s)", (policy, subject))
+    assert usage() == {60: (5, 5, 0), 3600: (50, 5, 45)}
+    # New limit for the minute, the hour gone: the minute's count is kept under its new limit.
+    define('{"t": {"60": 8}}', "fixed_window")
+    assert usage() == {60: (8, 5, 3)}
+    assert peek() == 2  # what a call of cost 1 would leave: the same count
+    # Another algorithm: the stored state reads as none, for the decision and for usage.
+    define('{"t": {"60": 8}}', "sliding_window")
+    assert usage() == {}
+    assert peek() == 7

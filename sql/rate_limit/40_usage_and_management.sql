@@ -1,7 +1,35 @@
 -- ------------------------------------------------------------------ usage ----
 
--- Every window of p_subject's policy state as rows in the shape of
--- rate_limit_state (key = subject); an index scan on the subject.
+-- Every window of the policy state as rows in the shape of rate_limit_state
+-- (key = subject), read as the decision reads it: the windows of the
+-- subject's tier under the policy as it is now (its limits and algorithm),
+-- each with the stored window of its length. State written under another
+-- algorithm, and windows the tier no longer has, are not shown (the decision
+-- ignores them too). A filter on the key becomes an index scan.
+-- Readers: pack functions (the owner). Not granted to any API role.
+create or replace view pgshield.rate_limit_policy_state_windows as
+select s.subject as key, s.policy, u.w as window_seconds, p.algorithm, u.l as limit_value,
+       timestamptz 'epoch' + s.starts[x.j] * interval '1 microsecond' as window_start,
+       coalesce(s.counts[x.j], 0) as count, coalesce(s.prevs[x.j], 0) as prev_count, s.tats[x.j] as tat,
+       s.expires_at
+  from pgshield.rate_limit_policy_state s
+  join pgshield.rate_limit_policies p on p.name = s.policy
+  join pgshield.rate_limit_policy_tiers t
+    on t.policy = s.policy
+   and t.tier = coalesce((select st.tier from pgshield.rate_limit_subject_tiers st
+                           where st.subject = s.subject
+                             and exists (select 1 from pgshield.rate_limit_policy_tiers t2
+                                          where t2.policy = s.policy and t2.tier = st.tier)),
+                         p.default_tier)
+ cross join lateral unnest(t.windows, t.limits) as u(w, l)
+ cross join lateral (select case when s.algorithm = p.algorithm then array_position(s.windows, u.w) end as j) x
+ where x.j is not null;
+comment on view pgshield.rate_limit_policy_state_windows is
+  'Every window of the policy state as the decision reads it (the subject''s tier as it is now), in the shape of rate_limit_state.';
+revoke all on table pgshield.rate_limit_policy_state_windows from public, anon, authenticated, service_role;
+
+-- The windows of p_subject's policy state (see rate_limit_policy_state_windows);
+-- an index scan on the subject.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.rate_limit_policy_windows_of(p_subject text)
 returns table (
@@ -11,17 +39,19 @@ returns table (
 language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
-  select s.subject, s.policy, u.w, s.algorithm, u.l,
-         timestamptz 'epoch' + u.st * interval '1 microsecond', coalesce(u.c, 0), coalesce(u.p, 0), u.tat,
-         s.expires_at
-    from pgshield.rate_limit_policy_state s
-   cross join lateral unnest(s.windows, s.limits, s.starts, s.counts, s.prevs, s.tats) as u(w, l, st, c, p, tat)
-   where s.subject = p_subject and u.w is not null
+  select w.key, w.policy, w.window_seconds, w.algorithm, w.limit_value, w.window_start, w.count,
+         w.prev_count, w.tat, w.expires_at
+    from pgshield.rate_limit_policy_state_windows w
+   where w.key = p_subject
 $$;
 
 revoke all on function pgshield.rate_limit_policy_windows_of(text) from public, anon, authenticated, service_role;
 
--- Current usage of every live row, one evaluation of its stored state each.
+-- Current usage of every live row, one evaluation of its stored state each;
+-- policy state read as the decision reads it (see rate_limit_policy_state_windows).
+-- Direct keys only from rate_limit_state: a policy row left there by a call
+-- that was in flight while 20261202070000 moved them is never read again and
+-- is cleaned up when it expires.
 -- Security definer so that the view below works for service_role, which
 -- may neither read the table nor run the evaluator.
 -- Callers: the owner, service_role (through the view). Errors: none.
@@ -43,14 +73,11 @@ begin
     from (select x.key, x.policy, x.window_seconds, x.algorithm, x.limit_value, x.window_start, x.count,
                  x.prev_count, x.tat, x.expires_at
             from pgshield.rate_limit_state x
+           where x.policy = ''
           union all
-          select ps.subject, ps.policy, u.w, ps.algorithm, u.l,
-                 timestamptz 'epoch' + u.st * interval '1 microsecond', coalesce(u.c, 0), coalesce(u.p, 0),
-                 u.tat, ps.expires_at
-            from pgshield.rate_limit_policy_state ps
-           cross join lateral unnest(ps.windows, ps.limits, ps.starts, ps.counts, ps.prevs, ps.tats)
-                        as u(w, l, st, c, p, tat)
-           where u.w is not null) s
+          select w.key, w.policy, w.window_seconds, w.algorithm, w.limit_value, w.window_start, w.count,
+                 w.prev_count, w.tat, w.expires_at
+            from pgshield.rate_limit_policy_state_windows w) s
    cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
             v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
    where s.expires_at > v_now;

@@ -1,7 +1,7 @@
 -- rate_limit: who may call what (anon, authenticated, service_role), and as whom.
 begin;
 \ir _helpers.psql
-select plan(47);
+select plan(48);
 
 -- Policies, keys and subjects of this file's own (pgshield_t_*). The clock
 -- stands in 2001, where cleanup (called below) finds no project row expired.
@@ -24,6 +24,11 @@ select ok(
             or has_table_privilege('service_role', c.oid, 'select,insert,update,delete'))
   ),
   'API roles have no privilege on any rate limit table');
+select ok(
+  not (has_table_privilege('anon', 'pgshield.rate_limit_policy_state_windows', 'select')
+       or has_table_privilege('authenticated', 'pgshield.rate_limit_policy_state_windows', 'select')
+       or has_table_privilege('service_role', 'pgshield.rate_limit_policy_state_windows', 'select')),
+  'no API role may read the view of every subject''s policy windows (it runs as its owner)');
 select ok(
   (select bool_and(c.relrowsecurity) from pg_class c
     where c.relnamespace = 'pgshield'::regnamespace and c.relname like 'rate\_limit%' and c.relkind = 'r'),
