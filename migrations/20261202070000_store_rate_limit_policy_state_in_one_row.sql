@@ -13,19 +13,6 @@ set local lock_timeout = '5s';
 set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;
 
--- No call writes rate_limit_state until this commits, so no policy row is
--- counted there after the copy below (a call already waiting keeps its old
--- body and writes there after the commit: that row is never read again and
--- expires; that one request goes uncounted). Readers are not blocked. In a
--- DO block: the Supabase CLI sends a migration's statements as one pipelined
--- batch, one transaction but not a transaction block, where a top-level LOCK
--- TABLE is refused (25P01); the lock still lasts until that transaction ends.
-do $$
-begin
-  lock table pgshield.rate_limit_state in share row exclusive mode;
-end
-$$;
-
 -- ------------------------------------------------------------------ tables ----
 
 create table if not exists pgshield.rate_limit_policy_tiers (

@@ -6,7 +6,8 @@
 --   state as the decision does: the windows of the subject's tier as the
 --   policy is now, with its limits and algorithm; state written under
 --   another algorithm and windows the tier no longer has are not shown. One
---   view, pgshield.rate_limit_policy_state_windows, holds that reading.
+--   view, pgshield.rate_limit_policy_state_windows, holds that reading;
+--   rate_limit_policy_windows_of(subject) is replaced by it.
 -- * Direct keys' usage reads only direct keys (policy ''): a policy row that
 --   a call in flight during 20261202070000 wrote into rate_limit_state is
 --   never read again, and cleanup removes it when it expires.
@@ -117,8 +118,7 @@ begin
       from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
     -- The lock may have been waited for: the usage is recorded at the time it
     -- was got, not at the earlier reading (never into a window already over).
-    v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
-                                         from pgshield.clock c), clock_timestamp()));
+    v_now := greatest(v_now, pgshield.now());
   end if;
 
   <<decide>>
@@ -383,25 +383,6 @@ comment on view pgshield.rate_limit_policy_state_windows is
   'Every window of the policy state as the decision reads it (the subject''s tier as it is now), in the shape of rate_limit_state.';
 revoke all on table pgshield.rate_limit_policy_state_windows from public, anon, authenticated, service_role;
 
--- The windows of p_subject's policy state (see rate_limit_policy_state_windows);
--- an index scan on the subject.
--- Callers: pack functions. Errors: none.
-create or replace function pgshield.rate_limit_policy_windows_of(p_subject text)
-returns table (
-  key text, policy text, window_seconds integer, algorithm text, limit_value integer,
-  window_start timestamptz, count bigint, prev_count bigint, tat numeric, expires_at timestamptz
-)
-language sql stable
-set search_path = pg_catalog, pg_temp
-as $$
-  select w.key, w.policy, w.window_seconds, w.algorithm, w.limit_value, w.window_start, w.count,
-         w.prev_count, w.tat, w.expires_at
-    from pgshield.rate_limit_policy_state_windows w
-   where w.key = p_subject
-$$;
-
-revoke all on function pgshield.rate_limit_policy_windows_of(text) from public, anon, authenticated, service_role;
-
 -- Current usage of every live row, one evaluation of its stored state each;
 -- policy state read as the decision reads it (see rate_limit_policy_state_windows).
 -- Direct keys only from rate_limit_state: a policy row left there by a call
@@ -442,3 +423,60 @@ $$;
 revoke all on function pgshield.rate_limit_usage_rows() from public, anon, authenticated, service_role;
 grant execute on function pgshield.rate_limit_usage_rows() to service_role;
 
+-- A subject's current usage as a JSON array (one object per policy window).
+-- Reads only that subject's rows (the primary key starts with the subject),
+-- so its cost does not grow with other subjects' state.
+-- Callers: authenticated (own usage only: p_subject null or auth.uid()),
+-- service_role (p_subject required), through public.get_rate_limit_usage.
+-- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
+create or replace function pgshield.rate_limit_usage_of(p_subject text, p_policy text)
+returns jsonb
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_subject text := p_subject;
+  v_now timestamptz := pgshield.now();
+  v_now_us bigint := (extract(epoch from v_now) * 1000000)::bigint;
+begin
+  if p_subject is not null and length(p_subject) not between 1 and 256 then
+    raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
+  end if;
+  if not pgshield.caller_is_trusted() then
+    if auth.uid() is null or (p_subject is not null and p_subject <> auth.uid()::text) then
+      raise exception using errcode = '42501', message = 'only your own usage can be read',
+        hint = 'omit p_subject';
+    end if;
+    v_subject := auth.uid()::text;
+  elsif v_subject is null then
+    raise exception using errcode = '22023', message = 'p_subject is required for trusted callers';
+  end if;
+  if p_policy is not null then
+    perform pgshield.rate_limit_policy(p_policy);
+  end if;
+  return coalesce((
+    select jsonb_agg(jsonb_build_object(
+             'policy', s.policy, 'window_seconds', s.window_seconds, 'name',
+             coalesce(w.name, pgshield.rate_limit_window_name(s.window_seconds)),
+             'limit', s.limit_value, 'used', e.used, 'remaining', e.remaining, 'reset_at', e.reset_at)
+             order by s.policy, s.window_seconds)
+      from pgshield.rate_limit_policy_state_windows s
+     cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
+              v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
+      left join lateral (
+        select w.name from pgshield.rate_limit_policy_windows w
+         where w.policy = s.policy and w.window_seconds = s.window_seconds limit 1
+      ) w on true
+     where s.key = v_subject
+       and (p_policy is null or s.policy = p_policy)
+       and s.expires_at > v_now
+  ), '[]'::jsonb);
+end
+$$;
+
+revoke all on function pgshield.rate_limit_usage_of(text, text) from public, anon, authenticated, service_role;
+grant execute on function pgshield.rate_limit_usage_of(text, text) to authenticated, service_role;
+
+-- Internal (no API role may call it); its one caller reads the view now.
+-- squawk-ignore ban-drop-function
+drop function if exists pgshield.rate_limit_policy_windows_of(text);

@@ -244,7 +244,7 @@ def final_state(db: str, key: str, policy: str) -> dict[int, tuple[int, int, int
     source = (
         "pgshield.rate_limit_state s where s.key = %s and s.policy = %s"
         if policy == ""
-        else "pgshield.rate_limit_policy_windows_of(%s) s where s.policy = %s"
+        else "pgshield.rate_limit_policy_state_windows s where s.key = %s and s.policy = %s"
     )
     with psycopg.connect(db) as c:
         rows = c.execute(

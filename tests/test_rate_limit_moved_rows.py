@@ -15,9 +15,9 @@ waits for the row: it is decided again at the later time, and counted in the new
 same for recorded usage: recorded at the time it got the row, never into a window over by then.
 
 Around them: a reset committed while a check waits is not undone; a policy row left in the
-direct keys' table by a call in flight during the move to one row is never read; a check in a
-read-only transaction is 25006 whatever its outcome; under repeatable read a row changed since
-the snapshot is 40001 (nothing lost, nothing written).
+direct keys' table by a call in flight during the move to one row is never read; a check, usage
+record or increment in a read-only transaction is 25006 whatever its outcome; under repeatable
+read a row changed since the snapshot is 40001 (nothing lost, nothing written).
 """
 
 from __future__ import annotations
@@ -253,8 +253,9 @@ def test_usage_recorded_after_waiting_for_the_row_goes_into_the_window_of_that_t
 def test_a_policy_row_left_in_the_direct_keys_table_is_not_read_and_expires(
     conn: psycopg.Connection,
 ) -> None:
-    # What a call of the old code, blocked while 20261202070000 moved the policy rows, writes
-    # after the move: a row of the old shape. Nothing reads it; cleanup removes it once expired.
+    # What a call of the old code, in flight while 20261202070000 moved the policy rows, can
+    # write after the move: a row of the old shape. Nothing reads it; cleanup removes it once
+    # expired.
     conn.execute(
         "insert into pgshield.rate_limit_state (key, policy, window_seconds, algorithm,"
         " limit_value, window_start, count, prev_count, tat, expires_at)"
@@ -277,18 +278,26 @@ def test_a_policy_row_left_in_the_direct_keys_table_is_not_read_and_expires(
 
 
 @pytest.mark.usefixtures("policy")
-def test_a_check_in_a_read_only_transaction_fails_with_25006_whatever_its_outcome(
+def test_consuming_calls_in_a_read_only_transaction_fail_with_25006_whatever_the_outcome(
     db: str, conn: psycopg.Connection
 ) -> None:
     # As PostgREST runs GET: a check would consume and count, so it is refused whether it would
-    # be allowed (cost 1) or denied (cost 8 > the hour's 7 left); a peek answers.
+    # be allowed (cost 1) or denied (cost 8 > the hour's 7 left); so are a usage record and a
+    # direct key's increment (allowed: limit 5; denied: limit 1 with the key already at 1); a
+    # peek answers.
+    conn.execute("select public.increment_rate_limit('pgshield_t_ro_key', 1, 60)")
+    refused = [
+        ("select public.check_rate_limit(%s, 1, null, %s)", (POLICY, SUBJECT)),
+        ("select public.check_rate_limit(%s, 8, null, %s)", (POLICY, SUBJECT)),
+        ("select public.record_rate_limit_usage(%s, %s, 1)", (POLICY, SUBJECT)),
+        ("select public.increment_rate_limit('pgshield_t_ro_key', 5, 60)", ()),
+        ("select public.increment_rate_limit('pgshield_t_ro_key', 1, 60)", ()),
+    ]
     with connect(db) as c:
-        for cost in (1, 8):
+        for statement, args in refused:
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), c.transaction():
                 c.execute("set transaction read only")
-                c.execute(
-                    "select public.check_rate_limit(%s, %s, null, %s)", (POLICY, cost, SUBJECT)
-                )
+                c.execute(statement, args)
         with c.transaction():
             c.execute("set transaction read only")
             peeked = c.execute(
@@ -297,6 +306,9 @@ def test_a_check_in_a_read_only_transaction_fails_with_25006_whatever_its_outcom
             ).fetchone()
         assert peeked == (False,)
     assert counts(conn) == {60: 3, 3600: 3, 86400: 3}
+    assert conn.execute(
+        "select count from pgshield.rate_limit_state where key = 'pgshield_t_ro_key'"
+    ).fetchone() == (1,)
 
 
 @pytest.mark.usefixtures("policy")

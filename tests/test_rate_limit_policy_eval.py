@@ -32,8 +32,8 @@ def expected(conn: psycopg.Connection, policy: str, algorithm: str, cost: int, n
         out[seconds] = conn.execute(
             "select e.fits, e.remaining, e.used, e.reset_at, e.retry_after_ms"
             " from (select 1) one"
-            " left join pgshield.rate_limit_policy_windows_of(%(subject)s) s"
-            "   on s.policy = %(policy)s and s.window_seconds = %(w)s"
+            " left join pgshield.rate_limit_policy_state_windows s"
+            "   on s.key = %(subject)s and s.policy = %(policy)s and s.window_seconds = %(w)s"
             " cross join lateral pgshield.rate_limit_evaluate(%(alg)s, %(lim)s, %(w)s, %(cost)s,"
             "   %(now)s, s.algorithm, s.window_start, coalesce(s.count, 0),"
             "   coalesce(s.prev_count, 0), s.tat, false) e",

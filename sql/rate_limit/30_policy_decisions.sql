@@ -245,8 +245,7 @@ begin
       from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
     -- The lock may have been waited for: the usage is recorded at the time it
     -- was got, not at the earlier reading (never into a window already over).
-    v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
-                                         from pgshield.clock c), clock_timestamp()));
+    v_now := greatest(v_now, pgshield.now());
   end if;
 
   <<decide>>

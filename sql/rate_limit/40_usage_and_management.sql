@@ -5,7 +5,7 @@
 -- subject's tier under the policy as it is now (its limits and algorithm),
 -- each with the stored window of its length. State written under another
 -- algorithm, and windows the tier no longer has, are not shown (the decision
--- ignores them too). A filter on the key becomes an index scan.
+-- ignores them too). A filter on the key (the subject) becomes an index scan.
 -- Readers: pack functions (the owner). Not granted to any API role.
 create or replace view pgshield.rate_limit_policy_state_windows as
 select s.subject as key, s.policy, u.w as window_seconds, p.algorithm, u.l as limit_value,
@@ -27,25 +27,6 @@ select s.subject as key, s.policy, u.w as window_seconds, p.algorithm, u.l as li
 comment on view pgshield.rate_limit_policy_state_windows is
   'Every window of the policy state as the decision reads it (the subject''s tier as it is now), in the shape of rate_limit_state.';
 revoke all on table pgshield.rate_limit_policy_state_windows from public, anon, authenticated, service_role;
-
--- The windows of p_subject's policy state (see rate_limit_policy_state_windows);
--- an index scan on the subject.
--- Callers: pack functions. Errors: none.
-create or replace function pgshield.rate_limit_policy_windows_of(p_subject text)
-returns table (
-  key text, policy text, window_seconds integer, algorithm text, limit_value integer,
-  window_start timestamptz, count bigint, prev_count bigint, tat numeric, expires_at timestamptz
-)
-language sql stable
-set search_path = pg_catalog, pg_temp
-as $$
-  select w.key, w.policy, w.window_seconds, w.algorithm, w.limit_value, w.window_start, w.count,
-         w.prev_count, w.tat, w.expires_at
-    from pgshield.rate_limit_policy_state_windows w
-   where w.key = p_subject
-$$;
-
-revoke all on function pgshield.rate_limit_policy_windows_of(text) from public, anon, authenticated, service_role;
 
 -- Current usage of every live row, one evaluation of its stored state each;
 -- policy state read as the decision reads it (see rate_limit_policy_state_windows).
@@ -137,14 +118,15 @@ begin
              coalesce(w.name, pgshield.rate_limit_window_name(s.window_seconds)),
              'limit', s.limit_value, 'used', e.used, 'remaining', e.remaining, 'reset_at', e.reset_at)
              order by s.policy, s.window_seconds)
-      from pgshield.rate_limit_policy_windows_of(v_subject) s
+      from pgshield.rate_limit_policy_state_windows s
      cross join lateral pgshield.rate_limit_evaluate(s.algorithm, s.limit_value, s.window_seconds, 0,
               v_now_us, s.algorithm, s.window_start, s.count, s.prev_count, s.tat, true) e
       left join lateral (
         select w.name from pgshield.rate_limit_policy_windows w
          where w.policy = s.policy and w.window_seconds = s.window_seconds limit 1
       ) w on true
-     where (p_policy is null or s.policy = p_policy)
+     where s.key = v_subject
+       and (p_policy is null or s.policy = p_policy)
        and s.expires_at > v_now
   ), '[]'::jsonb);
 end
