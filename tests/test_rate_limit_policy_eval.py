@@ -4,12 +4,15 @@ rate_limit_decide judges fixed and sliding windows that all fit with the evaluat
 written out (no call per window); refusals and token buckets go through
 pgshield.rate_limit_evaluate. Here every check and peek of a 3-window policy, on a moved clock
 (window edges, a microsecond before them, odd steps) and with varied costs, is compared with
-what rate_limit_evaluate says about the state the check started from.
+what rate_limit_evaluate says about the state the check started from. The same runs again with
+limits and costs a million times larger, so that counts pass the 3,000,000 above which the
+decision computes the previous window's share in numeric instead of bigint.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 
 import psycopg
@@ -25,10 +28,13 @@ def ts(us: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=us)
 
 
-def expected(conn: psycopg.Connection, policy: str, algorithm: str, cost: int, now_us: int) -> dict:
+def expected(
+    conn: psycopg.Connection, policy: str, algorithm: str, cost: int, now_us: int, scale: int = 1
+) -> dict:
     """Each window as rate_limit_evaluate judges p_cost on the stored state at now_us."""
     out = {}
     for seconds, limit in WINDOWS.items():
+        limit *= scale
         out[seconds] = conn.execute(
             "select e.fits, e.remaining, e.used, e.reset_at, e.retry_after_ms"
             " from (select 1) one"
@@ -50,15 +56,16 @@ def expected(conn: psycopg.Connection, policy: str, algorithm: str, cost: int, n
     return out
 
 
+@pytest.mark.parametrize("scale", [1, 1_000_000])
 @pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
-def test_policy_checks_agree_with_the_evaluator(db: str, algorithm: str) -> None:
-    policy = f"pgshield_t_eval_{algorithm}"
+def test_policy_checks_agree_with_the_evaluator(db: str, algorithm: str, scale: int) -> None:
+    policy = f"pgshield_t_eval_{algorithm}_{scale}"
     rnd = random.Random(13)
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(
             "select public.define_rate_limit_policy(%s, %s::jsonb, p_algorithm => %s,"
             " p_default_tier => 't')",
-            (policy, '{"t": {"1": 3, "7": 5, "60": 9}}', algorithm),
+            (policy, json.dumps({"t": {str(w): n * scale for w, n in WINDOWS.items()}}), algorithm),
         )
         now = START_US + 7_000_000
         allowed = denied = 0
@@ -72,12 +79,12 @@ def test_policy_checks_agree_with_the_evaluator(db: str, algorithm: str) -> None
             else:
                 now += int(move)
             conn.execute("select pgshield.set_clock(%s)", (ts(now),))
-            cost = rnd.choice([1, 1, 1, 2, 4])
-            want = expected(conn, policy, algorithm, cost, now)
+            cost = rnd.choice([1, 1, 1, 2, 4]) * scale
+            want = expected(conn, policy, algorithm, cost, now, scale)
             fits = all(v[0] for v in want.values())
             if not fits:
                 # Nothing is consumed: windows that fit report their current state.
-                now_state = expected(conn, policy, algorithm, 0, now)
+                now_state = expected(conn, policy, algorithm, 0, now, scale)
                 want = {k: (v if not v[0] else now_state[k]) for k, v in want.items()}
             fn = "peek_check_rate_limit" if rnd.random() < 0.2 else "check_rate_limit"
             row = conn.execute(

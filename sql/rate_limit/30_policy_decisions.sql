@@ -205,13 +205,14 @@ declare
   v_ok boolean;
   v_k integer;
   v_locked boolean := false;
+  v_lock boolean := p_mode = 'usage';  -- lock the row before deciding (usage: always)
   v_bind integer;
   v_remaining integer;
   v_json text := '[';
   v_windows boolean := p_mode not like 'guard%';  -- the result's windows is the windows JSON
   v_violated text[] := array[]::text[];
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
-  v_a numeric; v_u numeric;
+  v_u bigint; v_r bigint; v_exp bigint; v_bind_r bigint; v_rem bigint;
 begin
   select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
          s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
@@ -233,23 +234,23 @@ begin
                        p_policy.name, p_policy.default_tier);
   end if;
   v_n := cardinality(v_ws);
-  if p_mode = 'usage' then
-    -- Lock the row (inserted empty when missing: an empty row reads as none).
-    insert into pgshield.rate_limit_policy_state as s
-      (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
-    values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
-    on conflict (subject, policy) do update set expires_at = s.expires_at where false;
-    v_locked := true;
-    select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
-      into v_salg, v_sws, v_start, v_count, v_prev, v_tat
-      from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
-    -- The lock may have been waited for: the usage is recorded at the time it
-    -- was got, not at the earlier reading (never into a window already over).
-    v_now := greatest(v_now, pgshield.now());
-  end if;
-
   <<decide>>
   loop  -- once; again on the locked row when the compare and set found it moved
+    if v_lock then
+      -- Lock the row, inserting it empty when missing or gone (an empty row
+      -- reads as none), and read it, and the clock, again: the lock may have
+      -- been waited for, and the call is decided (or its usage recorded) at
+      -- the time it was got, never back in time nor in a window already over.
+      insert into pgshield.rate_limit_policy_state as s
+        (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
+      values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
+      on conflict (subject, policy) do update set expires_at = s.expires_at where false;
+      v_locked := true;
+      select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
+        into v_salg, v_sws, v_start, v_count, v_prev, v_tat
+        from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
+      v_now := greatest(v_now, pgshield.now());
+    end if;
     v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
     if v_sws is distinct from v_ws or v_salg is distinct from p_policy.algorithm then
       -- The row was written for other windows or another algorithm (or is
@@ -269,7 +270,7 @@ begin
       -- way. At the first window that does not fit, nothing is consumed: the
       -- loop starts again, and every window reports its state as it stands,
       -- and a window the cost does not fit its wait.
-      v_expires := v_now;
+      v_exp := v_now_us;
       v_bind := null;
       v_json := '[';
       v_k := 1;
@@ -281,37 +282,49 @@ begin
         v_cur := case when v_stored = v_s0 then v_count[v_k] else 0 end;
         v_pv := case when v_fixed then 0 when v_stored = v_s0 then v_prev[v_k]
                      when v_stored = v_s0 - v_w then v_count[v_k] else 0 end;
-        v_a := v_pv::numeric * (v_w - v_t + v_s0);
-        -- ceil(v_a / v_w), the previous window's share: used is count + it.
-        v_u := div(v_a + v_w - 1, v_w);
-        v_ok := p_cost <= v_lim[v_k] and v_a + (v_cur + p_cost)::numeric * v_w <= v_lim[v_k]::numeric * v_w;
-        if v_fast and not v_ok then
-          v_fast := false;
-          v_k := 1;
-          continue;
+        -- The previous window's share, ceil(pv * (w - elapsed) / w), exactly
+        -- (in bigint while the product cannot overflow: w is at most 31 days):
+        -- used is count + it, and the cost fits when it fits the limit and
+        -- used + cost does too.
+        if v_pv <= 3000000 then
+          v_u := (v_pv * (v_w - v_t + v_s0) + v_w - 1) / v_w;
+        else
+          v_u := div(v_pv::numeric * (v_w - v_t + v_s0) + v_w - 1, v_w)::bigint;
         end if;
+        v_ok := p_cost <= v_lim[v_k] and v_cur + v_u + p_cost <= v_lim[v_k];
+        -- When this window resets (epoch microseconds).
+        v_r := case when v_cur + case when v_fast then p_cost else 0 end > 0
+                    then v_s0 + case when v_fixed then v_w else 2 * v_w end
+                    when v_pv > 0 then v_s0 + v_w else v_t end;
         if v_fast then
+          if not v_ok then
+            v_fast := false;
+            v_remaining := null;
+            v_k := 1;
+            continue;
+          end if;
           v_cur := v_cur + p_cost;
           n_start[v_k] := v_s0;
           n_count[v_k] := v_cur;
           n_prev[v_k] := v_pv;
-        end if;
-        r_rem[v_k] := least(greatest(v_lim[v_k] - v_cur - v_u, 0), v_lim[v_k]);
-        r_reset[v_k] := timestamptz 'epoch'
-          + (case when v_cur > 0 then v_s0 + case when v_fixed then v_w else 2 * v_w end
-                  when v_pv > 0 then v_s0 + v_w else v_t end) * interval '1 microsecond';
-        if v_fast then
-          v_expires := greatest(v_expires, r_reset[v_k]);
-          if v_bind is null or r_rem[v_k] <= r_rem[v_bind] then
+          v_rem := least(greatest(v_lim[v_k] - v_cur - v_u, 0), v_lim[v_k]);
+          v_exp := greatest(v_exp, v_r);
+          if v_bind is null or v_rem <= v_remaining then
             v_bind := v_k;
+            v_remaining := v_rem;
+            v_bind_r := v_r;
           end if;
           if v_windows then
-            v_json := v_json || v_heads[v_k] || r_rem[v_k] || ',"used":' || (v_cur + v_u) || ',"reset_at":'
-                      || to_json(r_reset[v_k]) || ',"retry_after_ms":0,"allowed":true},';
+            v_json := v_json || case when v_k > 1 then ',' else '' end || v_heads[v_k] || v_rem
+                      || ',"used":' || (v_cur + v_u) || ',"reset_at":'
+                      || to_json(timestamptz 'epoch' + v_r * interval '1 microsecond')
+                      || ',"retry_after_ms":0,"allowed":true}';
           end if;
         else
           r_fits[v_k] := v_ok;
+          r_rem[v_k] := least(greatest(v_lim[v_k] - v_cur - v_u, 0), v_lim[v_k]);
           r_used[v_k] := v_cur + v_u;
+          r_reset[v_k] := timestamptz 'epoch' + v_r * interval '1 microsecond';
           -- The wait, rounded up to the millisecond: to the window's end
           -- (fixed); sliding: until the previous window's weight has fallen
           -- enough, or, when this window alone is too full, until its count
@@ -330,6 +343,10 @@ begin
       end loop;
       v_all_fit := v_fast;
       v_reported := not v_fast;
+      if v_fast then
+        v_expires := timestamptz 'epoch' + v_exp * interval '1 microsecond';
+        r_reset[v_bind] := timestamptz 'epoch' + v_bind_r * interval '1 microsecond';
+      end if;
     else
       v_all_fit := true;
       v_expires := v_now;
@@ -367,19 +384,9 @@ begin
       on conflict (subject, policy) do update set expires_at = s.expires_at where false;
     end if;
     exit decide when found;
-    -- The row moved since the read, appeared, or is gone (a reset): lock it,
-    -- inserting it empty when gone (an empty row reads as none), and read it,
-    -- and the clock, again; never back in time.
-    insert into pgshield.rate_limit_policy_state as s
-      (subject, policy, algorithm, windows, limits, starts, counts, prevs, tats, expires_at)
-    values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
-    on conflict (subject, policy) do update set expires_at = s.expires_at where false;
-    v_locked := true;
-    select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
-      into v_salg, v_sws, v_start, v_count, v_prev, v_tat
-      from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
-    v_now := greatest(v_now, coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
-                                         from pgshield.clock c), clock_timestamp()));
+    -- The row moved since the read, appeared, or is gone (a reset): decide
+    -- again on the locked row.
+    v_lock := true;
   end loop;
 
   if p_mode = 'usage' then
@@ -419,9 +426,9 @@ begin
     for v_i in 1 .. v_n loop
       v_remaining := least(v_remaining, r_rem[v_i]);
       if v_windows then
-        v_json := v_json || v_heads[v_i] || r_rem[v_i] || ',"used":' || r_used[v_i] || ',"reset_at":'
-                  || to_json(r_reset[v_i]) || ',"retry_after_ms":' || r_retry[v_i] || ',"allowed":'
-                  || r_fits[v_i] || '},';
+        v_json := v_json || case when v_i > 1 then ',' else '' end || v_heads[v_i] || r_rem[v_i]
+                  || ',"used":' || r_used[v_i] || ',"reset_at":' || to_json(r_reset[v_i])
+                  || ',"retry_after_ms":' || r_retry[v_i] || ',"allowed":' || r_fits[v_i] || '}';
       end if;
       if not r_fits[v_i] then
         v_violated := v_violated || v_names[v_i];
@@ -438,12 +445,12 @@ begin
         end if;
       end if;
     end loop;
-  else
-    v_remaining := r_rem[v_bind];  -- every window fits: the binding one has the fewest
-  end if;
+  end if;  -- else every window fits: v_remaining is the binding one's, the fewest
 
   if p_mode in ('check', 'guard', 'guard_silent') then
-    perform nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
+    -- An assignment, not PERFORM (a query): a simple expression. The value
+    -- goes into v_w, which is not read again.
+    v_w := nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
   end if;
   if not v_windows then
     -- The binding window's RateLimit header; allowed: sent with the tier's
@@ -460,7 +467,7 @@ begin
     elsif p_mode in ('guard', 'guard_peek') then
       v_json := '[{"RateLimit": "' || v_json || '"}, {"RateLimit-Policy": ' || v_policy_header || '}]';
       v_sent := nullif(current_setting('response.headers', true), '');
-      perform set_config('response.headers',
+      v_sent := set_config('response.headers',
         case when v_sent is null then v_json
              else (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
                    || v_json::jsonb)::text end,
@@ -470,7 +477,7 @@ begin
       v_json := null;
     end if;
   else
-    v_json := rtrim(v_json, ',') || ']';
+    v_json := v_json || ']';
   end if;
   return row(v_all_fit, v_lim[v_bind], v_remaining, r_reset[v_bind],
              case when v_all_fit then 0 else r_retry[v_bind] end, p_policy.name, v_tier, p_subject,
