@@ -110,24 +110,29 @@ begin
   if v_role = 'none' then
     v_role := session_user;
   end if;
-  select r.cost, p as policy, o.allowed_headers into v_rule
-    from pgshield.guard_rules r
-    left join pgshield.rate_limit_policies p on p.name = r.policy
-    left join pgshield.guard_options o on o.id
-   where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
-     and (r.method = '*' or r.method = v_method)
-     and v_path like r.path_like
-   order by r.position, r.id
-   limit 1;
+  select x.cost, p as policy,
+         (select o.allowed_headers from pgshield.guard_options o where o.id) as allowed_headers
+    into v_rule
+    from (select r.cost, r.policy from pgshield.guard_rules r
+           where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
+             and (r.method = '*' or r.method = v_method)
+             and v_path like r.path_like
+           order by r.position, r.id
+           limit 1) x
+    left join pgshield.rate_limit_policies p on p.name = x.policy;
   if not found or v_rule.policy is null then
     return;  -- no rule, or an exempt one
   end if;
   v_policy := v_rule.policy;
-  v_subject := case v_role
-    when 'authenticated' then coalesce(auth.uid()::text, 'anon:' || coalesce(pgshield.client_address(), 'unknown'))
-    when 'anon' then 'anon:' || coalesce(pgshield.client_address(), 'unknown')
-    else v_role
-  end;
+  -- Each branch is its own statement: only the one taken is prepared.
+  if v_role = 'authenticated' then
+    v_subject := auth.uid()::text;
+  elsif v_role <> 'anon' then
+    v_subject := v_role;
+  end if;
+  if v_subject is null then  -- anon, or authenticated without a user id
+    v_subject := 'anon:' || coalesce(pgshield.client_address(), 'unknown');
+  end if;
   -- Allowed: the decision appends the rate limit headers (the IETF httpapi
   -- draft's RateLimit and RateLimit-Policy) to response.headers, unless the
   -- owner turned them off; what the project's hook set stays. Denied: its

@@ -449,7 +449,7 @@ begin
 
   if p_mode in ('check', 'guard', 'guard_silent') then
     -- An assignment, not PERFORM (a query): a simple expression. The value
-    -- goes into v_w, which is not read again.
+    -- is not needed; v_w (one window's length) is free by now.
     v_w := nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
   end if;
   if not v_windows then
@@ -457,8 +457,13 @@ begin
     -- RateLimit-Policy through response.headers (after what is there), the
     -- result's windows then null; denied: the headers object, Retry-After too
     -- when a wait can help, as the result's windows.
-    v_json := v_rl_heads[v_bind] || v_remaining || ';t='
-              || greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint;
+    -- t: whole seconds until the binding window resets (v_w again free).
+    if v_fast then  -- every window fitted: the reset time is at hand in microseconds
+      v_w := greatest((v_bind_r - v_now_us + 999999) / 1000000, 0);
+    else
+      v_w := greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint;
+    end if;
+    v_json := v_rl_heads[v_bind] || v_remaining || ';t=' || v_w;
     if not v_all_fit then
       v_json := '{"RateLimit": "' || v_json || '", "RateLimit-Policy": ' || v_policy_header
                 || case when r_retry[v_bind] > 0
@@ -467,11 +472,11 @@ begin
     elsif p_mode in ('guard', 'guard_peek') then
       v_json := '[{"RateLimit": "' || v_json || '"}, {"RateLimit-Policy": ' || v_policy_header || '}]';
       v_sent := nullif(current_setting('response.headers', true), '');
-      v_sent := set_config('response.headers',
-        case when v_sent is null then v_json
-             else (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
-                   || v_json::jsonb)::text end,
-        true);
+      if v_sent is not null then
+        v_json := (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
+                   || v_json::jsonb)::text;
+      end if;
+      v_sent := set_config('response.headers', v_json, true);
       v_json := null;
     else
       v_json := null;

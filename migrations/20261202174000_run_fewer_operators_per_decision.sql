@@ -1,4 +1,4 @@
--- rate_limit: the policy decision's arithmetic costs less per request.
+-- rate_limit and guard: a policy decision and the Data API guard cost less per request.
 -- A PostgREST request is a new transaction, and PL/pgSQL prepares every
 -- expression it runs again in each one (about 1.6k instructions per operator
 -- or function call, 1.3k per statement): the decision now runs fewer of them.
@@ -14,6 +14,12 @@
 --   PERFORM (a query each).
 -- * Locking the row (usage: always; a check: after a failed compare and set)
 --   is written once, at the top of the decision's loop.
+-- * The guard's RateLimit header takes its t= from the microseconds at hand
+--   when every window fitted, and merges response.headers only when the
+--   project's hook set some.
+-- * request_guard_decide: the first matching rule is found before its policy
+--   is joined, the options row is a scalar read, and the subject's branches
+--   are separate statements (only the one taken is prepared).
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -322,7 +328,7 @@ begin
 
   if p_mode in ('check', 'guard', 'guard_silent') then
     -- An assignment, not PERFORM (a query): a simple expression. The value
-    -- goes into v_w, which is not read again.
+    -- is not needed; v_w (one window's length) is free by now.
     v_w := nextval(case when v_all_fit then p_policy.allowed_counter else p_policy.denied_counter end);
   end if;
   if not v_windows then
@@ -330,8 +336,13 @@ begin
     -- RateLimit-Policy through response.headers (after what is there), the
     -- result's windows then null; denied: the headers object, Retry-After too
     -- when a wait can help, as the result's windows.
-    v_json := v_rl_heads[v_bind] || v_remaining || ';t='
-              || greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint;
+    -- t: whole seconds until the binding window resets (v_w again free).
+    if v_fast then  -- every window fitted: the reset time is at hand in microseconds
+      v_w := greatest((v_bind_r - v_now_us + 999999) / 1000000, 0);
+    else
+      v_w := greatest(ceil(extract(epoch from r_reset[v_bind] - v_now)), 0)::bigint;
+    end if;
+    v_json := v_rl_heads[v_bind] || v_remaining || ';t=' || v_w;
     if not v_all_fit then
       v_json := '{"RateLimit": "' || v_json || '", "RateLimit-Policy": ' || v_policy_header
                 || case when r_retry[v_bind] > 0
@@ -340,11 +351,11 @@ begin
     elsif p_mode in ('guard', 'guard_peek') then
       v_json := '[{"RateLimit": "' || v_json || '"}, {"RateLimit-Policy": ' || v_policy_header || '}]';
       v_sent := nullif(current_setting('response.headers', true), '');
-      v_sent := set_config('response.headers',
-        case when v_sent is null then v_json
-             else (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
-                   || v_json::jsonb)::text end,
-        true);
+      if v_sent is not null then
+        v_json := (case when jsonb_typeof(v_sent::jsonb) = 'array' then v_sent::jsonb else '[]'::jsonb end
+                   || v_json::jsonb)::text;
+      end if;
+      v_sent := set_config('response.headers', v_json, true);
       v_json := null;
     else
       v_json := null;
@@ -361,3 +372,77 @@ $$;
 
 revoke all on function pgshield.rate_limit_decide(pgshield.rate_limit_policies, text, bigint, text)
   from public, anon, authenticated, service_role;
+
+-- The decision behind request_guard(): the first matching rule, the subject,
+-- the rate limit decision, and the answer. The subject is auth.uid() for
+-- authenticated callers, the client address (pgshield.client_address(): the
+-- configured header and trusted proxy hops, never the first x-forwarded-for
+-- entry) for anon, 'service_role' for service_role. Read-only transactions
+-- are checked, not counted. Allowed: the rate limit headers are appended to
+-- response.headers (what the project's hook set stays). Denied: SQLSTATE
+-- PGRST, which PostgREST turns into HTTP 429 with the headers. The rule, its
+-- policy and the options are one read.
+-- Callers: request_guard (anon, authenticated, service_role).
+-- Errors: PGRST (429) when the quota is used up.
+create or replace function pgshield.request_guard_decide() returns void
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_role text := current_setting('role');
+  v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
+  v_path text := coalesce(nullif(current_setting('request.path', true), ''), '/');
+  v_rule record;
+  v_policy pgshield.rate_limit_policies;
+  v_subject text;
+  v_res public.rate_limit_check_result;
+begin
+  if v_role = 'none' then
+    v_role := session_user;
+  end if;
+  select x.cost, p as policy,
+         (select o.allowed_headers from pgshield.guard_options o where o.id) as allowed_headers
+    into v_rule
+    from (select r.cost, r.policy from pgshield.guard_rules r
+           where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
+             and (r.method = '*' or r.method = v_method)
+             and v_path like r.path_like
+           order by r.position, r.id
+           limit 1) x
+    left join pgshield.rate_limit_policies p on p.name = x.policy;
+  if not found or v_rule.policy is null then
+    return;  -- no rule, or an exempt one
+  end if;
+  v_policy := v_rule.policy;
+  -- Each branch is its own statement: only the one taken is prepared.
+  if v_role = 'authenticated' then
+    v_subject := auth.uid()::text;
+  elsif v_role <> 'anon' then
+    v_subject := v_role;
+  end if;
+  if v_subject is null then  -- anon, or authenticated without a user id
+    v_subject := 'anon:' || coalesce(pgshield.client_address(), 'unknown');
+  end if;
+  -- Allowed: the decision appends the rate limit headers (the IETF httpapi
+  -- draft's RateLimit and RateLimit-Policy) to response.headers, unless the
+  -- owner turned them off; what the project's hook set stays. Denied: its
+  -- windows is the headers object (Retry-After too when a wait can help).
+  v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+    case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end
+    || case when current_setting('transaction_read_only') = 'on' then '_peek' else '' end);
+  if v_res.allowed then
+    return;
+  end if;
+  -- PostgREST's form: a JSON message (the body) and a JSON detail (status
+  -- and headers), written as text (no jsonb built only to be printed).
+  raise sqlstate 'PGRST' using
+    message = format('{"code": "PT429", "message": "Too many requests", "details": %s, "hint": %s}',
+      to_json(format('rate limit %s exceeded (%s)', v_policy.name, array_to_string(v_res.violated, ', '))),
+      to_json(case when v_res.retry_after_ms > 0 then format('retry after %s ms', v_res.retry_after_ms)
+                   else 'this request can never fit the limit' end)),
+    detail = format('{"status": 429, "headers": %s}', v_res.windows);
+end
+$$;
+
+revoke all on function pgshield.request_guard_decide() from public, anon, authenticated, service_role;
+grant execute on function pgshield.request_guard_decide() to anon, authenticated, service_role;
