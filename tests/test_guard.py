@@ -85,6 +85,22 @@ def test_a_denial_is_the_429_postgrest_sends(owner: psycopg.Connection) -> None:
     assert denied.body["message"] == "Too many requests" and "minute" in denied.body["details"]
 
 
+def test_the_ratelimit_t_is_rounded_up_to_the_second_allowed_or_denied(
+    owner: psycopg.Connection,
+) -> None:
+    """t= is whole seconds until the binding window resets, rounded up: an allowed answer takes
+    it from microseconds, a denial from timestamps; both must agree a microsecond from the end."""
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10.250001+00')")
+    first = request(owner)
+    assert first.headers["RateLimit"] == f'"{POLICY}-minute";r=2;t=50'
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:59.999999+00')")
+    answers = [request(owner) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 429]
+    assert answers[0].headers["RateLimit"] == f'"{POLICY}-minute";r=1;t=1'
+    assert answers[2].headers["RateLimit"] == f'"{POLICY}-minute";r=0;t=1'
+    assert answers[2].headers["Retry-After"] == "1"
+
+
 def test_reads_are_checked_never_counted_and_never_fail_read_only(
     owner: psycopg.Connection,
 ) -> None:
