@@ -6,7 +6,9 @@
 -- caller and refuses anon and authenticated with 42501):
 --   run_maintenance        every installed module's cleanup, in batches,
 --                          within a time budget; what it did per task      service_role
---   schedule_maintenance   the pg_cron job that calls run_maintenance      service_role
+--   maintenance_job_command the pg_cron job's command: the same, committed
+--                          in steps of 100 ms, with pauses between them    service_role
+--   schedule_maintenance   the pg_cron job that runs that command          service_role
 --   unschedule_maintenance remove that job                                 service_role
 --   maintenance_status     the job, its last runs and failures, the tasks  service_role
 --   set_maintenance_task   batch size, retention, enabled of one task      service_role
@@ -114,6 +116,30 @@ $$;
 
 revoke all on function pgshield.maintenance_check_caller() from public, anon, authenticated, service_role;
 grant execute on function pgshield.maintenance_check_caller() to service_role;
+
+-- Refuses a time budget that is not a positive interval of at most 10
+-- minutes, and a pause ratio outside 0..100, with 22023.
+-- Callers: pack functions. Errors: 22023.
+create or replace function pgshield.maintenance_check_budget(p_time_budget interval, p_pause_ratio double precision)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_time_budget is null or p_time_budget <= interval '0' or p_time_budget > interval '10 minutes' then
+    raise exception using errcode = '22023',
+      message = 'p_time_budget must be a positive interval of at most 10 minutes';
+  end if;
+  if p_pause_ratio is null or p_pause_ratio < 0 or p_pause_ratio > 100 or p_pause_ratio = 'NaN' then
+    raise exception using errcode = '22023', message = 'p_pause_ratio must be between 0 and 100',
+      hint = '0: no pauses; 1: after each batch (each step of the job) a pause as long as it took';
+  end if;
+end
+$$;
+
+revoke all on function pgshield.maintenance_check_budget(interval, double precision)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.maintenance_check_budget(interval, double precision) to service_role;
 
 -- The name of this database's maintenance job in cron.job.
 -- Callers: pack functions. Errors: none.
@@ -254,9 +280,11 @@ grant execute on function pgshield.maintenance_cleanup(integer, interval) to ser
 -- backend that never yields delays every query that waits behind it on its
 -- core. Tasks whose function does not exist are skipped; a task that fails is
 -- reported (its batches roll back) and the others still run. Everything a run
--- deletes is deleted in the caller's transaction: a short budget keeps the
--- deleted rows' locks short. When another run is in progress it returns at
--- once with "skipped". Returns
+-- deletes is deleted in the caller's transaction, and stays locked until it
+-- commits: a decision meeting such a row waits for that. The pg_cron job's
+-- command (maintenance_job_command) commits every 100 ms; called by hand, a
+-- short budget keeps the locks short. When another run is in progress it
+-- returns at once with "skipped". Returns
 --   {"started_at", "duration_ms", "complete", "tasks": [{"task", "module",
 --    "status" (done / more / skipped / failed), "deleted", "batches", "error"}]}
 -- and records it in maintenance_runs, the task rows and maintenance_totals.
@@ -287,14 +315,7 @@ declare
   v_batch_started timestamptz;
 begin
   perform pgshield.maintenance_check_caller();
-  if p_time_budget is null or p_time_budget <= interval '0' or p_time_budget > interval '10 minutes' then
-    raise exception using errcode = '22023',
-      message = 'p_time_budget must be a positive interval of at most 10 minutes';
-  end if;
-  if p_pause_ratio is null or p_pause_ratio < 0 or p_pause_ratio > 100 or p_pause_ratio = 'NaN' then
-    raise exception using errcode = '22023', message = 'p_pause_ratio must be between 0 and 100',
-      hint = '0 runs the batches back to back; 1 pauses after each batch as long as it took';
-  end if;
+  perform pgshield.maintenance_check_budget(p_time_budget, p_pause_ratio);
   v_started := pgshield.now();
   if not pg_try_advisory_xact_lock(7473784373230001) then
     return jsonb_build_object('started_at', v_started, 'duration_ms', 0, 'complete', false,
@@ -390,6 +411,90 @@ $$;
 revoke all on function pgshield.run_maintenance(interval) from public, anon, authenticated, service_role;
 grant execute on function pgshield.run_maintenance(interval) to service_role;
 
+-- One step of the maintenance job (maintenance_job_command): run_maintenance
+-- on at most 100 ms of what is left of the job's budget (p_time_budget from
+-- p_started), with no pause inside, so the rows it deletes stay locked that
+-- long and no longer. Returns how many seconds the job pauses before its next
+-- step (p_pause_ratio times as long as this step took, within what is left
+-- of the budget), or null when the job is over: its budget is spent, no task
+-- has more to delete, or another run is in progress. A task that failed is
+-- tried again in the next step while other tasks have more.
+-- Callers: the job's command (the owner, service_role). Errors: 22023 bad
+-- start, budget or pause ratio; 42501 others.
+create or replace function pgshield.run_maintenance_step(
+  p_started timestamptz,
+  p_time_budget interval,
+  p_pause_ratio double precision
+) returns double precision
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_clock timestamptz := clock_timestamp();
+  v_left interval;
+  v_result jsonb;
+begin
+  perform pgshield.maintenance_check_caller();
+  perform pgshield.maintenance_check_budget(p_time_budget, p_pause_ratio);
+  if p_started is null or p_started > v_clock then
+    raise exception using errcode = '22023',
+      message = 'p_started must be when the job started, not null and not in the future';
+  end if;
+  v_left := p_started + p_time_budget - v_clock;
+  if v_left <= interval '0' then
+    return null;
+  end if;
+  v_result := pgshield.run_maintenance(least(v_left, interval '100 milliseconds'), 0);
+  if v_result ? 'skipped'
+     or not jsonb_path_exists(v_result, '$.tasks[*] ? (@.status == "more")') then
+    return null;
+  end if;
+  return least(extract(epoch from clock_timestamp() - v_clock)::double precision * p_pause_ratio,
+               greatest(extract(epoch from p_started + p_time_budget - clock_timestamp())::double precision, 0));
+end
+$$;
+
+revoke all on function pgshield.run_maintenance_step(timestamptz, interval, double precision)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.run_maintenance_step(timestamptz, interval, double precision)
+  to service_role;
+
+-- The pg_cron job's command: a `do` block that runs run_maintenance_step
+-- until it returns null, committing after each step and pausing what it
+-- returns between steps: every module's cleanup within p_time_budget, in
+-- steps of at most 100 ms, each of them a run of its own in maintenance_runs.
+-- A decision that meets a row a step deleted waits for that step's commit,
+-- never for the whole budget. A `do` block, not a procedure: a procedure that
+-- commits may not pin its search_path (Postgres refuses COMMIT under a SET
+-- clause), which the Security Advisor flags; the block names every function
+-- and type with its schema, so the session's search_path never matters. Run
+-- it on its own, outside a transaction block (it commits; inside one it fails
+-- with 2D000), as pg_cron does: in psql, `select
+-- pgshield.maintenance_job_command() \gexec`.
+-- Callers: the owner, service_role. Errors: 22023 bad budget or pause ratio;
+-- 42501 others.
+create or replace function pgshield.maintenance_job_command(
+  p_time_budget interval default interval '5 seconds',
+  p_pause_ratio double precision default 1
+) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform pgshield.maintenance_check_caller();
+  perform pgshield.maintenance_check_budget(p_time_budget, p_pause_ratio);
+  return format(
+    'do $pgshield$ declare t pg_catalog.timestamptz := pg_catalog.clock_timestamp(); p pg_catalog.float8; '
+    'begin loop p := pgshield.run_maintenance_step(t, %L::pg_catalog.interval, %L::pg_catalog.float8); '
+    'commit; exit when p is null; perform pg_catalog.pg_sleep(p); end loop; end $pgshield$',
+    trim_scale(extract(epoch from p_time_budget)) || ' seconds', p_pause_ratio);
+end
+$$;
+
+revoke all on function pgshield.maintenance_job_command(interval, double precision)
+  from public, anon, authenticated, service_role;
+grant execute on function pgshield.maintenance_job_command(interval, double precision) to service_role;
+
 -- Changes one task's settings (null keeps a setting) and returns the task.
 -- Callers: the owner, service_role. Errors: 22023 unknown task or bad value; 42501 others.
 create or replace function pgshield.set_maintenance_task(
@@ -434,7 +539,7 @@ grant execute on function pgshield.set_maintenance_task(text, integer, interval,
 -- --------------------------------------------------------------- schedule ----
 
 -- Creates or replaces (by job name) the pg_cron job that runs
--- `select pgshield.run_maintenance()` in this database on p_schedule (cron
+-- maintenance_job_command() (cleanup committed in steps) in this database on p_schedule (cron
 -- syntax; '[1-59] seconds' needs pg_cron 1.5+). The job runs as the pack's
 -- owner. When pg_cron runs in another database, the 55000 error's hint holds
 -- the exact cron.schedule_in_database(...) statement to run there.
@@ -448,7 +553,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_name text := pgshield.maintenance_job_name();
-  v_command text := 'select pgshield.run_maintenance()';
+  v_command text := pgshield.maintenance_job_command();
   v_jobid bigint;
 begin
   perform pgshield.maintenance_check_caller();

@@ -21,6 +21,7 @@ import pytest
 from pgshield import Shield, ShieldError
 from pgshield.embedded import Cluster, find_bindir
 from pgshield.errors import SetupError
+from pgshield.migrations import discover
 from pgshield.provision import prepare_database
 
 CRON_DB = "pgshield_cron"
@@ -85,6 +86,8 @@ def test_a_scheduled_job_really_runs_and_cleans_up(cron_cluster: Cluster) -> Non
         job = shield.maintenance.schedule()
         again = shield.maintenance.schedule()  # idempotent by name: the same job
         assert (job.jobid, job.database, job.schedule) == (again.jobid, CRON_DB, "* * * * *")
+        command = shield.maintenance.job_command()
+        assert job.command == command and "pgshield.run_maintenance_step(" in command
     with Shield(other_dsn) as other, pytest.raises(ShieldError) as info:
         other.maintenance.schedule()
     assert info.value.sqlstate == "55000" and info.value.hint
@@ -120,3 +123,38 @@ def test_a_scheduled_job_really_runs_and_cleans_up(cron_cluster: Cluster) -> Non
             "select result -> 'tasks' -> 0 ->> 'deleted' from pgshield.maintenance_runs"
         ).fetchall()
     assert ("50",) in recorded
+
+
+def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster) -> None:
+    """A job scheduled by an earlier release (its command, its schedule) calls the procedure.
+
+    The delta migration is applied again (its statements are all replaceable) on a database
+    whose job still has the earlier command; a job of the user's with the same command but
+    another name is left alone.
+    """
+    migration = next(
+        m for m in discover() if m.path.name.endswith("_commit_maintenance_in_steps.sql")
+    )
+    old = "select pgshield.run_maintenance()"
+    with psycopg.connect(cron_cluster.dsn(CRON_DB), autocommit=True) as conn:
+        name = f"pgshield-maintenance-{CRON_DB}"
+        conn.execute("select cron.schedule(%s, '*/7 * * * *', %s)", (name, old))
+        conn.execute("select cron.schedule('users-own-job', '0 * * * *', %s)", (old,))
+        try:
+            with conn.transaction():
+                conn.execute(migration.path.read_text())
+            command = conn.execute("select pgshield.maintenance_job_command()").fetchone()[0]  # type: ignore[index]
+            jobs = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    "select jobname, schedule || ' ' || command from cron.job"
+                    " where jobname = any(%s)",
+                    ([name, "users-own-job"],),
+                ).fetchall()
+            )
+        finally:
+            for job in (name, "users-own-job"):
+                conn.execute("select cron.unschedule(%s)", (job,))
+    assert jobs == {
+        name: f"*/7 * * * * {command}",
+        "users-own-job": f"0 * * * * {old}",
+    }

@@ -9,6 +9,7 @@ import psycopg
 
 from pgshield.maintenance.ops import (
     Seconds,
+    job_command_op,
     metrics_op,
     run_op,
     schedule_op,
@@ -44,10 +45,29 @@ class Maintenance(Namespace):
         """
         return self._call(run_op(time_budget, pause_ratio), conn)
 
+    def job_command(
+        self,
+        *,
+        time_budget: Seconds = 5,
+        pause_ratio: float = 1,
+        conn: psycopg.Connection | None = None,
+    ) -> str:
+        """The pg_cron job's command: a ``do`` block that runs maintenance in committed steps.
+
+        Every module's cleanup for at most ``time_budget`` seconds, committed every 100 ms (so a
+        decision never waits long for a row the cleanup deleted), with a pause of ``pause_ratio``
+        times each step's duration between steps. Execute it on its own in an autocommit
+        session (it commits; in a transaction block it fails with 2D000). Raises InvalidInput
+        as ``run`` does.
+        """
+        return self._call(job_command_op(time_budget, pause_ratio), conn)
+
     def schedule(
         self, schedule: str = "* * * * *", *, conn: psycopg.Connection | None = None
     ) -> Job:
         """Create or replace this database's pg_cron job that runs maintenance on ``schedule``.
+
+        The job runs ``job_command()`` (defaults: a 5 s budget, pause ratio 1).
 
         Raises InvalidInput for a bad schedule, and ShieldError (55000) when pg_cron is missing
         or runs in another database; its ``hint`` then holds the statement to run there.

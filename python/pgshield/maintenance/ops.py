@@ -38,6 +38,14 @@ def run_op(time_budget: Seconds, pause_ratio: float | None = None) -> Op[Mainten
     )
 
 
+def job_command_op(time_budget: Seconds, pause_ratio: float) -> Op[str]:
+    return Op(
+        "select pgshield.maintenance_job_command(%(budget)s::interval, %(ratio)s::float8)",
+        {"budget": interval(time_budget), "ratio": pause_ratio},
+        scalar,
+    )
+
+
 def schedule_op(schedule: str) -> Op[Job]:
     return Op(
         "select pgshield.schedule_maintenance(%(schedule)s::text) as job",
