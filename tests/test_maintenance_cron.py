@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from pgshield import Shield, ShieldError
+from pgshield.doctor import diagnose
 from pgshield.embedded import Cluster, find_bindir
 from pgshield.errors import SetupError
 from pgshield.migrations import discover
@@ -141,8 +142,14 @@ def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster
         conn.execute("select cron.schedule(%s, '*/7 * * * *', %s)", (name, old))
         conn.execute("select cron.schedule('users-own-job', '0 * * * *', %s)", (old,))
         try:
+            before = [
+                c for c in diagnose(cron_cluster.dsn(CRON_DB)) if c["check"].endswith("command")
+            ]
             with conn.transaction():
                 conn.execute(migration.path.read_text())
+            after = [
+                c for c in diagnose(cron_cluster.dsn(CRON_DB)) if c["check"].endswith("command")
+            ]
             command = conn.execute("select pgshield.maintenance_job_command()").fetchone()[0]  # type: ignore[index]
             jobs = dict(
                 conn.execute(  # type: ignore[arg-type]
@@ -154,6 +161,9 @@ def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster
         finally:
             for job in (name, "users-own-job"):
                 conn.execute("select cron.unschedule(%s)", (job,))
+    # doctor says the job runs an earlier command until the migration changes it.
+    assert [(c["check"], c["status"]) for c in before] == [("maintenance job command", "warn")]
+    assert after == []
     assert jobs == {
         name: f"*/7 * * * * {command}",
         "users-own-job": f"0 * * * * {old}",

@@ -111,12 +111,23 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
 
 
 JOB_SQL = (
-    "select j.jobid, j.schedule, j.active,"
+    "select j.jobid, j.schedule, j.active, j.command,"
     " (select jsonb_agg(to_jsonb(r) order by r.runid desc) from (select d.runid, d.status,"
     "   d.start_time, d.return_message from cron.job_run_details d where d.jobid = j.jobid"
     "   order by d.runid desc limit 10) r) as runs"
     " from cron.job j where j.jobname = %(name)s and j.database = %(db)s"
 )
+
+
+def _job_command(conn: psycopg.Connection) -> str | None:
+    """The command this release's maintenance job runs (None before it had one)."""
+    found = conn.execute(
+        "select to_regprocedure('pgshield.maintenance_job_command(interval, float8)') is not null"
+    ).fetchone()
+    if not (found and found[0]):
+        return None
+    row = conn.execute("select pgshield.maintenance_job_command()").fetchone()
+    return row[0] if row else None
 
 
 def maintenance_checks(conn: psycopg.Connection, dsn: str) -> list[tuple[str, bool | None, str]]:
@@ -141,7 +152,13 @@ def maintenance_checks(conn: psycopg.Connection, dsn: str) -> list[tuple[str, bo
             with connect(conninfo.make_conninfo(dsn, dbname=cron["database"]), timeout=5) as c:
                 row = c.execute(JOB_SQL, {"name": name, "db": cron["here"]}).fetchone()
             if row:
-                job = {"jobid": row[0], "schedule": row[1], "active": row[2], "runs": row[3] or []}
+                job = {
+                    "jobid": row[0],
+                    "schedule": row[1],
+                    "active": row[2],
+                    "command": row[3],
+                    "runs": row[4] or [],
+                }
         except (psycopg.Error, ShieldError) as exc:
             return [("maintenance job", None, f"could not look in {where}: {exc}")]
     out: list[tuple[str, bool | None, str]] = []
@@ -157,6 +174,16 @@ def maintenance_checks(conn: psycopg.Connection, dsn: str) -> list[tuple[str, bo
             + (f"; last run {last['status']} at {last['start_time']}" if last else "; no run yet")
         )
         out.append(("maintenance job", bool(job["active"]), detail))
+        expected = _job_command(conn)
+        if expected and job.get("command") != expected:
+            out.append(
+                (
+                    "maintenance job command",
+                    None,
+                    "not this release's (an earlier one keeps every deletion of a run locked"
+                    " until the run ends): run `pgshield cron install` again",
+                )
+            )
         if failed:
             msg = (failed[0].get("return_message") or "").strip()
             out.append(

@@ -16,7 +16,7 @@ NOW = dt.datetime(2030, 1, 1, 0, 0, 5, tzinfo=dt.timezone.utc)
 def run(dsn: str, echo: Callable[[str], None]) -> None:
     echo(heading("maintenance"))
     echo("Every module owns its cleanup; run_maintenance calls each one in batches, within a")
-    echo("time budget, and pg_cron calls run_maintenance every minute.\n")
+    echo("time budget. The pg_cron job does the same every minute, committing every 100 ms.\n")
     # One rolled-back transaction: the moved clock and the demo's state are never seen by others.
     with connect(dsn) as conn, conn.transaction(force_rollback=True):
         conn.execute("select pgshield.set_clock(%s)", (NOW,))
