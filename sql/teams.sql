@@ -23,7 +23,8 @@
 -- RLS helpers (schema pgshield, for the project's own policies):
 --   has_team_permission(team, permission), teams_with_permission(permission)
 -- Operator functions (service_role): set_team_role_permissions,
--- set_teams_audit_retention, teams_cleanup, the view teams_status.
+-- set_teams_audit_retention, set_teams_limits, teams_cleanup, the view
+-- teams_status.
 --
 -- Refusals are answered, not raised. A refused call (42501 not allowed, PT404
 -- not found or hidden, PT409 or 23505 conflict) writes a denied row to the
@@ -75,8 +76,11 @@ comment on table pgshield.teams is
   'Teams. Change them through the public team entry points; every team has at least one owner.';
 alter table pgshield.teams enable row level security;
 revoke all on table pgshield.teams from public, anon, authenticated, service_role;
+-- A signed-in user's creations are counted by created_by (pgshield.set_teams_limits).
+create index if not exists teams_created_by_idx on pgshield.teams (created_by);
 
 -- The editable role -> permission table. Roles are ranked owner > admin >
+
 -- member > viewer (pgshield.team_role_rank); owner always has every permission.
 create table if not exists pgshield.team_role_permissions (
   role text not null
@@ -171,10 +175,15 @@ create table if not exists pgshield.teams_settings (
     constraint teams_settings_id_check check (id),
   audit_retention interval not null default interval '180 days'
     constraint teams_settings_audit_retention_check check (audit_retention >= interval '1 day'),
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  max_teams_per_user integer not null default 100
+    constraint teams_settings_max_teams_per_user_check check (max_teams_per_user between 1 and 1000000),
+  max_open_invitations_per_team integer not null default 1000
+    constraint teams_settings_max_open_invitations_check
+    check (max_open_invitations_per_team between 1 and 1000000)
 );
 comment on table pgshield.teams_settings is
-  'How long teams_cleanup() keeps audit rows. Edit with pgshield.set_teams_audit_retention().';
+  'How long teams_cleanup() keeps audit rows, and how much one signed-in user may create. Edit with pgshield.set_teams_audit_retention() and pgshield.set_teams_limits().';
 alter table pgshield.teams_settings enable row level security;
 revoke all on table pgshield.teams_settings from public, anon, authenticated, service_role;
 
@@ -352,7 +361,8 @@ $$;
 revoke all on function pgshield.team_effective_permissions(text, text[]) from public, anon, authenticated, service_role;
 
 -- Finds (p_lock: locks, by updating its revision) team p_team_id and checks
--- that the actor may use p_permission on it (null: membership suffices).
+-- that the actor may use p_permission on it (null: membership suffices). A
+-- signed-in actor who is not a member is refused before the team is locked.
 -- Trusted actors (null) pass with rank 5 and every permission. Teams the
 -- actor is not a member of are "not found", so that nobody learns which exist.
 -- Callers: pack functions. Errors: PT404 no such team or not a member;
@@ -369,6 +379,12 @@ declare
 begin
   if p_team_id is null then
     raise exception using errcode = '22023', message = 'p_team_id must not be null';
+  end if;
+  -- A stranger's call takes no lock and writes no row version of the team.
+  if p_lock and p_actor is not null
+     and not exists (select 1 from pgshield.team_members m where m.team_id = p_team_id and m.user_id = p_actor) then
+    raise exception using errcode = 'PT404', message = format('no team with id %s', p_team_id),
+      hint = 'it does not exist, or you are not a member';
   end if;
   if p_lock then
     update pgshield.teams t set revision = t.revision + 1 where t.id = p_team_id returning t.slug into o_slug;
@@ -588,7 +604,7 @@ create constraint trigger teams_have_an_owner
 
 -- Creates a team and its owner membership. Callers: through teams_call.
 -- Errors: 22023 bad name, slug, email or owner; 42501 another user as owner;
--- 23505 slug taken.
+-- 23505 slug taken; PT409 the caller's teams limit (set_teams_limits).
 create or replace function pgshield.team_create(
   p_name text, p_slug text, p_owner_id uuid, p_billing_email text
 ) returns jsonb
@@ -603,6 +619,7 @@ declare
   v_owner uuid := coalesce(p_owner_id, v_actor);
   v_now timestamptz := pgshield.now();
   v_team pgshield.teams;
+  v_max integer;
 begin
   if v_actor is not null and v_owner <> v_actor then
     raise exception using errcode = '42501', message = 'you can only create teams you own yourself',
@@ -612,6 +629,16 @@ begin
     raise exception using errcode = '22023', message = 'p_owner_id is required for trusted callers';
   end if;
   perform pgshield.team_user(v_owner, 'p_owner_id');
+  if v_actor is not null then
+    -- One creation at a time per user, so that the count below is exact.
+    perform pg_advisory_xact_lock(747378437, hashtext(v_actor::text));
+    v_max := coalesce((select s.max_teams_per_user from pgshield.teams_settings s where s.id), 100);
+    if (select count(*) from (select 1 from pgshield.teams t where t.created_by = v_actor limit v_max) x) >= v_max then
+      raise exception using errcode = 'PT409',
+        message = format('you have created %s teams, the most one user may', v_max),
+        hint = 'delete one of them; the project sets the limit with pgshield.set_teams_limits()';
+    end if;
+  end if;
   begin
     insert into pgshield.teams (name, slug, billing_email, created_by, created_at, updated_at)
     values (v_name, v_slug, v_email, coalesce(v_actor, v_owner), v_now, v_now)
@@ -821,8 +848,9 @@ $$;
 revoke all on function pgshield.team_add_member(uuid, uuid, text, text[]) from public, anon, authenticated, service_role;
 
 -- Changes a member's role and (p_permissions not null) replaces their
--- overrides. Callers: through teams_call (admin; the member's current and new
--- role and permissions within the caller's own).
+-- overrides. Callers: through teams_call (admin; the member's current role
+-- ranks no higher than the caller's, and the new role and permissions are
+-- within the caller's own).
 -- Errors: 22023, PT404 team or member, 42501, PT409 the last owner.
 create or replace function pgshield.team_set_member_role(
   p_team_id uuid, p_user_id uuid, p_role text, p_permissions text[]
@@ -948,7 +976,8 @@ revoke all on function pgshield.team_transfer_ownership(uuid, uuid) from public,
 
 -- Creates an invitation and returns it with its token (shown only here).
 -- Callers: through teams_call (admin; role within the caller's own).
--- Errors: 22023 bad role, email or expiry; PT404; 42501.
+-- Errors: 22023 bad role, email or expiry; PT404; 42501; PT409 the team's
+-- open invitations limit (set_teams_limits).
 create or replace function pgshield.team_create_invitation(
   p_team_id uuid, p_role text, p_email text, p_expires_in interval, p_permissions text[]
 ) returns jsonb
@@ -966,12 +995,25 @@ declare
   v_guard record;
   v_inv pgshield.team_invitations;
   v_now timestamptz := pgshield.now();
+  v_max integer;
 begin
   if v_expires_in not between interval '1 minute' and interval '90 days' then
     raise exception using errcode = '22023', message = 'p_expires_in must be between 1 minute and 90 days';
   end if;
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
   perform pgshield.team_check_grant(v_guard.o_slug, v_guard.o_rank, v_guard.o_permissions, v_role, v_extra, null);
+  if v_actor is not null then
+    -- Counted under the team's row lock (team_guard), so exact.
+    v_max := coalesce((select s.max_open_invitations_per_team from pgshield.teams_settings s where s.id), 1000);
+    if (select count(*) from (select 1 from pgshield.team_invitations i
+                               where i.team_id = p_team_id and i.accepted_at is null
+                                 and i.revoked_at is null and i.expires_at > v_now
+                               limit v_max) x) >= v_max then
+      raise exception using errcode = 'PT409',
+        message = format('team %L has %s open invitations, the most a team may', v_guard.o_slug, v_max),
+        hint = 'revoke some or let them expire; the project sets the limit with pgshield.set_teams_limits()';
+    end if;
+  end if;
   insert into pgshield.team_invitations (team_id, token_hash, role, extra_permissions, email, invited_by,
                                          created_at, expires_at)
   values (p_team_id, sha256(convert_to(v_token, 'UTF8')), v_role, v_extra, v_email, v_actor,
@@ -1330,7 +1372,8 @@ grant execute on function pgshield.teams_call(text, jsonb) to authenticated, ser
 -- auth.uid()); service_role names any existing auth user.
 -- Callers: authenticated, service_role.
 -- Errors: 22023 bad name, slug (see pgshield.team_slug), billing email or
--- owner; refusals 42501 another owner, 23505 the slug is taken.
+-- owner; refusals 42501 another owner, 23505 the slug is taken, PT409 the
+-- caller's teams limit (pgshield.set_teams_limits).
 create or replace function public.create_team_with_owner(
   p_name text,
   p_slug text,
@@ -1525,7 +1568,8 @@ grant execute on function public.leave_team(uuid) to authenticated, service_role
 -- to an email and with overrides, valid for p_expires_in (1 minute to 90
 -- days, default 7 days). Returns it with "token": shown only here.
 -- Callers: members with admin (roles not above their own), service_role.
--- Errors: 22023; refusals PT404, 42501.
+-- Errors: 22023; refusals PT404, 42501, PT409 the team's open invitations
+-- limit (pgshield.set_teams_limits).
 create or replace function public.create_team_invitation(
   p_team_id uuid,
   p_role text default 'member',
@@ -1725,6 +1769,46 @@ $$;
 
 revoke all on function pgshield.set_teams_audit_retention(interval) from public, anon, authenticated, service_role;
 grant execute on function pgshield.set_teams_audit_retention(interval) to service_role;
+
+-- Sets how much one signed-in user may create (null keeps a limit): teams
+-- created by or for them that still exist (created_by), and open invitations
+-- (neither accepted, revoked nor expired) per team. A call past a limit is
+-- refused with PT409 (audited); trusted callers are not limited. Returns both.
+-- Callers: service_role, the owner. Errors: 22023; 42501 others.
+create or replace function pgshield.set_teams_limits(
+  p_max_teams_per_user integer default null,
+  p_max_open_invitations_per_team integer default null
+) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_row pgshield.teams_settings;
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may set the teams limits';
+  end if;
+  if p_max_teams_per_user not between 1 and 1000000 then
+    raise exception using errcode = '22023', message = 'p_max_teams_per_user must be between 1 and 1000000';
+  end if;
+  if p_max_open_invitations_per_team not between 1 and 1000000 then
+    raise exception using errcode = '22023',
+      message = 'p_max_open_invitations_per_team must be between 1 and 1000000';
+  end if;
+  insert into pgshield.teams_settings (id) values (true) on conflict (id) do nothing;
+  update pgshield.teams_settings s
+     set max_teams_per_user = coalesce(p_max_teams_per_user, s.max_teams_per_user),
+         max_open_invitations_per_team = coalesce(p_max_open_invitations_per_team, s.max_open_invitations_per_team),
+         updated_at = now()
+   where s.id
+  returning * into v_row;
+  return jsonb_build_object('max_teams_per_user', v_row.max_teams_per_user,
+                            'max_open_invitations_per_team', v_row.max_open_invitations_per_team);
+end
+$$;
+
+revoke all on function pgshield.set_teams_limits(integer, integer) from public, anon, authenticated, service_role;
+grant execute on function pgshield.set_teams_limits(integer, integer) to service_role;
 
 -- Deletes up to p_batch_size invitations that can no longer be accepted
 -- (expired, used or revoked) and up to p_batch_size audit rows older than

@@ -28,6 +28,7 @@ from pgshield.teams.ops import (
     mine_op,
     remove_member_op,
     revoke_op,
+    set_limits_op,
     set_role_op,
     set_role_permissions_op,
     status_op,
@@ -185,6 +186,20 @@ class Teams(Namespace):
     ) -> tuple[str, ...]:
         """Set the permissions of admin, member or viewer (service_role/owner)."""
         return self._call(set_role_permissions_op(role, permissions), conn)
+
+    def set_limits(
+        self,
+        teams_per_user: int | None = None,
+        open_invitations_per_team: int | None = None,
+        conn: psycopg.Connection | None = None,
+    ) -> dict:
+        """Set what one signed-in user may create (None keeps a limit); returns both limits.
+
+        ``teams_per_user``: existing teams created by or for a user (default 100);
+        ``open_invitations_per_team``: invitations neither accepted, revoked nor expired (default
+        1000). Past a limit a call is refused with Conflict (PT409). service_role/owner only.
+        """
+        return self._call(set_limits_op(teams_per_user, open_invitations_per_team), conn)
 
     def cleanup(self, batch_size: int = 10000, conn: psycopg.Connection | None = None) -> int:
         """Delete unusable invitations and audit rows past the retention; returns the count."""

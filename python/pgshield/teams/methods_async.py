@@ -26,6 +26,7 @@ from pgshield.teams.ops import (
     mine_op,
     remove_member_op,
     revoke_op,
+    set_limits_op,
     set_role_op,
     set_role_permissions_op,
     status_op,
@@ -189,6 +190,20 @@ class AsyncTeams(Namespace):
     ) -> tuple[str, ...]:
         """Set the permissions of admin, member or viewer (service_role/owner)."""
         return await self._call(set_role_permissions_op(role, permissions), conn)
+
+    async def set_limits(
+        self,
+        teams_per_user: int | None = None,
+        open_invitations_per_team: int | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> dict:
+        """Set what one signed-in user may create (None keeps a limit); returns both limits.
+
+        ``teams_per_user``: existing teams created by or for a user (default 100);
+        ``open_invitations_per_team``: invitations neither accepted, revoked nor expired (default
+        1000). Past a limit a call is refused with Conflict (PT409). service_role/owner only.
+        """
+        return await self._call(set_limits_op(teams_per_user, open_invitations_per_team), conn)
 
     async def cleanup(
         self, batch_size: int = 10000, conn: psycopg.AsyncConnection | None = None

@@ -222,6 +222,14 @@ def set_role_permissions_op(role: str, permissions: Sequence[str]) -> Op[tuple[s
     )
 
 
+def set_limits_op(teams_per_user: int | None, open_invitations: int | None) -> Op[dict]:
+    return Op(
+        "select pgshield.set_teams_limits(%(teams)s::integer, %(invitations)s::integer) as limits",
+        {"teams": teams_per_user, "invitations": open_invitations},
+        scalar,
+    )
+
+
 def cleanup_op(batch_size: int = 10000) -> Op[int]:
     return Op(
         "select pgshield.teams_cleanup(%(batch)s::integer) as deleted",
