@@ -198,7 +198,9 @@ on conflict (id) do nothing;
 -- The calling client's address as a subject key: '203.0.113.7' (IPv4 /32), or
 -- the network for a shorter prefix ('2001:db8:1:2::/64'); null when the
 -- configured header is missing, has fewer entries than trusted hops, or its
--- entry is not an address. Reads request.headers as PostgREST sets it.
+-- entry is not an address. Reads request.headers as PostgREST sets it; of a
+-- header longer than 4,096 characters only the last 4,096 (the proxies'
+-- entries). An IPv4-mapped IPv6 address counts as its IPv4 address.
 -- Callers: pack functions (runs as the owner). Errors: none.
 create or replace function pgshield.client_address() returns text
 language plpgsql stable security definer
@@ -216,8 +218,13 @@ begin
     return null;
   end if;
   v_raw := nullif(current_setting('request.headers', true), '')::jsonb ->> v_src.header;
-  if v_raw is null or length(v_raw) > 8192 then
+  if v_raw is null then
     return null;
+  end if;
+  -- Proxies append on the right: a client's padding on the left is cut off,
+  -- and never makes the trusted entry unreadable.
+  if length(v_raw) > 4096 then
+    v_raw := right(v_raw, 4096);
   end if;
   v_parts := string_to_array(v_raw, ',');
   if cardinality(v_parts) < v_src.trusted_hops then
@@ -237,6 +244,10 @@ begin
   exception when invalid_text_representation then
     return null;
   end;
+  -- An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) is IPv4.
+  if family(v_ip) = 6 and v_ip << inet '::ffff:0:0/96' then
+    v_ip := substring(host(v_ip) from 8)::inet;
+  end if;
   v_ip := network(set_masklen(v_ip,
     case when family(v_ip) = 4 then v_src.ipv4_prefix else v_src.ipv6_prefix end));
   return case when masklen(v_ip) = case when family(v_ip) = 4 then 32 else 128 end

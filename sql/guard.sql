@@ -36,9 +36,10 @@ set local search_path = pg_catalog, pg_temp;
 -- The first rule (lowest position, then id) whose role, method and path match
 -- a request decides it. role '*' matches anon and authenticated, never
 -- service_role: server code is exempt unless a rule names service_role.
--- path is PostgREST's request.path ('/todos', '/rpc/send_message'), matched
+-- path is PostgREST's request.path ('/todos', '/rpc/send_message') with its
+-- %XX escapes decoded (as PostgREST routes it: /%74odos is /todos), matched
 -- exactly, or as a prefix when the pattern ends in '*' ('/rpc/*'); '*' alone
--- matches every path. action 'exempt' lets matching requests through
+-- matches every path. method GET also matches HEAD. action 'exempt' lets matching requests through
 -- uncounted (put it before broader rules).
 
 create table if not exists pgshield.guard_rules (
@@ -83,6 +84,25 @@ insert into pgshield.guard_options (id) values (true) on conflict (id) do nothin
 
 -- ------------------------------------------------------------------- hook ----
 
+-- request.path as PostgREST routes it: the first 1,000 characters with their
+-- %XX escapes of ASCII characters (but NUL) decoded, then the rest as sent
+-- (no rule path is that long). Other escapes stay as they are: no rule can
+-- name a character outside [A-Za-z0-9_./-].
+-- Callers: request_guard_decide. Errors: none.
+create or replace function pgshield.guard_decoded_path(p_path text) returns text
+language sql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(nullif(coalesce(string_agg(case when r.m[1] is not null
+                                                  then chr(get_byte(decode(r.m[1], 'hex'), 0))
+                                                  else r.m[2] end, '' order by r.n), ''), ''), '/')
+         || substr(p_path, 1001)
+    from regexp_matches(left(p_path, 1000), '%(0[1-9A-Fa-f]|[1-7][0-9A-Fa-f])|(%|[^%]+)', 'g')
+         with ordinality r(m, n)
+$$;
+
+revoke all on function pgshield.guard_decoded_path(text) from public, anon, authenticated, service_role;
+
 -- The decision behind request_guard(): the first matching rule, the subject,
 -- the rate limit decision, and the answer. The subject is auth.uid() for
 -- authenticated callers, the client address (pgshield.client_address(): the
@@ -101,7 +121,12 @@ as $$
 declare
   v_role text := current_setting('role');
   v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
-  v_path text := coalesce(nullif(current_setting('request.path', true), ''), '/');
+  -- A GET rule covers HEAD too (the same read, without the body).
+  v_read text := case when v_method = 'HEAD' then 'GET' else v_method end;
+  -- PostgREST routes by the decoded path but sets request.path as sent.
+  v_path text := case when strpos(current_setting('request.path', true), '%') > 0
+                      then pgshield.guard_decoded_path(current_setting('request.path', true))
+                      else coalesce(nullif(current_setting('request.path', true), ''), '/') end;
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;
@@ -115,7 +140,7 @@ begin
     into v_rule
     from (select r.cost, r.policy from pgshield.guard_rules r
            where (r.role = v_role or (r.role = '*' and v_role in ('anon', 'authenticated')))
-             and (r.method = '*' or r.method = v_method)
+             and r.method in ('*', v_method, v_read)
              and v_path like r.path_like
            order by r.position, r.id
            limit 1) x
@@ -365,7 +390,8 @@ grant execute on function pgshield.request_guard_status() to service_role;
 -- or null for none) in guard_options, and writes request_guard()'s body to
 -- call it first (the hook then finds it without a lookup per request).
 -- Callers: install_request_guard, uninstall_request_guard (service_role, the
--- owner). Errors: 22023 not a schema-qualified function without arguments.
+-- owner). Errors: 22023 not a schema-qualified function without arguments,
+-- or one of pgshield's.
 create or replace function pgshield.guard_set_chained(p_function text) returns void
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -375,6 +401,11 @@ begin
                                  or to_regprocedure(p_function || '()') is null) then
     raise exception using errcode = '22023',
       message = format('%L is not a schema-qualified function without arguments', p_function);
+  end if;
+  -- The guard chained to itself would recurse (54001) or count twice.
+  if split_part(p_function, '.', 1) = 'pgshield' then
+    raise exception using errcode = '22023',
+      message = format('%L is pgshield''s own: only a project''s pre-request function can be chained', p_function);
   end if;
   update pgshield.guard_options o set chained_function = p_function, updated_at = now() where o.id;
   execute format($ddl$create or replace function pgshield.request_guard() returns void
