@@ -73,9 +73,11 @@ select public.increment_rate_limit(k, 10, 60) from unnest(array['user-old', 'k',
 select public.check_rate_limit('search', 1, null, 'user-old');
 select public.check_rate_limit('api', 1, null, 'user-old');
 select pgshield.reset_clock();
-select public.increment_rate_limit(k, 1000, 60)
+-- Each key twice: in a minute window (the files' old windows, expired within 60 s on the
+-- real clock) and in a 31-day one (live however long the run takes).
+select public.increment_rate_limit(k, 1000, w)
   from unnest(array['user-key', 'k', 'fw', 'sw', 'tb', 'live', 'svc', 'pk', 'rk', 'fk', 'sk',
-                    'tk', 'never-used', 'b-1']) k;
+                    'tk', 'never-used', 'b-1']) k, unnest(array[60, 2678400]) w;
 select public.increment_rate_limit('user-day', 1000, 86400, 1, 'sliding_window');
 select public.check_rate_limit('search', 1, null, s) from unnest(array['user-1', 'alice', 's']) s;
 select public.check_rate_limit('api', 1, null, s)
