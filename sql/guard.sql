@@ -104,8 +104,9 @@ $$;
 revoke all on function pgshield.guard_decoded_path(text) from public, anon, authenticated, service_role;
 
 -- The decision behind request_guard(): the first matching rule, the subject,
--- the rate limit decision, and the answer. The subject is auth.uid() for
--- authenticated callers, the client address (pgshield.client_address(): the
+-- the rate limit decision, and the answer. The subject is the user id for
+-- authenticated callers (pgshield.caller_subject(): a third-party auth
+-- provider's sub as 'sub:<sub>'), the client address (pgshield.client_address(): the
 -- configured header and trusted proxy hops, never the first x-forwarded-for
 -- entry) for anon, 'service_role' for service_role. Read-only transactions
 -- are checked, not counted. Allowed: the rate limit headers are appended to
@@ -151,7 +152,15 @@ begin
   v_policy := v_rule.policy;
   -- Each branch is its own statement: only the one taken is prepared.
   if v_role = 'authenticated' then
-    v_subject := auth.uid()::text;
+    -- pgshield.caller_subject(), inline.
+    v_subject := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                                 nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '');
+    begin
+      v_subject := v_subject::uuid::text;
+    exception when invalid_text_representation then
+      v_subject := case when length(v_subject) <= 200 then 'sub:' || v_subject
+                        else 'sub:md5:' || md5(v_subject) end;
+    end;
   elsif v_role <> 'anon' then
     v_subject := v_role;
   end if;

@@ -89,7 +89,8 @@ revoke all on function pgshield.rate_limit_policy(text) from public, anon, authe
 
 -- The subject a policy call acts on, from the caller's role:
 --   trusted (service_role, owner): p_subject, which is then required;
---   authenticated: auth.uid(), p_subject must be null or the same;
+--   authenticated: pgshield.caller_subject() (the user id; a third-party
+--   provider's sub as 'sub:<sub>'), p_subject must be null or the same;
 --   anon: "anon:<client address>" when the policy allows anonymous callers,
 --   the address from pgshield.client_address() (the configured header and
 --   trusted proxy hops; IPv6 grouped by prefix), "anon:unknown" without one.
@@ -104,22 +105,22 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_role name := pgshield.caller_role();
-  v_uid uuid;
+  v_sub text;
 begin
   if p_subject is not null and length(p_subject) not between 1 and 256 then
     raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
   end if;
   if v_role = 'authenticated' then
-    v_uid := auth.uid();
-    if v_uid is null then
+    v_sub := pgshield.caller_subject();
+    if v_sub is null then
       raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
     end if;
-    if p_subject is not null and p_subject <> v_uid::text then
+    if p_subject is not null and p_subject <> v_sub then
       raise exception using errcode = '42501',
         message = 'p_subject is only honoured for service_role',
         hint = 'authenticated callers are always limited as themselves: omit p_subject';
     end if;
-    return v_uid::text;
+    return v_sub;
   end if;
   if v_role = 'anon' then
     if not p_policy.allow_anonymous then
@@ -544,7 +545,7 @@ as $$
 declare
   v_role text := current_setting('role');
   v_policy pgshield.rate_limit_policies;
-  v_uid uuid;
+  v_sub text;
 begin
   if p_endpoint is null and v_role in ('authenticated', 'service_role') then
     select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
@@ -555,16 +556,23 @@ begin
       raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
     end if;
     if v_role = 'authenticated' then
-      v_uid := auth.uid();
-      if v_uid is null then
+      -- pgshield.caller_subject(), inline.
+      v_sub := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '');
+      begin
+        v_sub := v_sub::uuid::text;
+      exception when invalid_text_representation then
+        v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'sub:md5:' || md5(v_sub) end;
+      end;
+      if v_sub is null then
         raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
       end if;
-      if p_subject is not null and p_subject <> v_uid::text then
+      if p_subject is not null and p_subject <> v_sub then
         raise exception using errcode = '42501',
           message = 'p_subject is only honoured for service_role',
           hint = 'authenticated callers are always limited as themselves: omit p_subject';
       end if;
-      p_subject := v_uid::text;
+      p_subject := v_sub;
     elsif p_subject is null then
       raise exception using errcode = '22023', message = 'p_subject is required for trusted callers',
         hint = 'pass the user id or API key to limit';
@@ -590,7 +598,8 @@ grant execute on function pgshield.rate_limit_check(text, integer, text, text, b
 -- Consumes p_cost (times the endpoint's multiplier) from every window of the
 -- caller's tier under policy p_policy, or from none. Runs as the invoker.
 -- Callers: service_role (any p_subject, required); authenticated (limited as
--- auth.uid()); anon when the policy allows anonymous callers (keyed by the
+-- their user id, pgshield.caller_subject()); anon when the policy allows
+-- anonymous callers (keyed by the
 -- client address, see pgshield.client_address()).
 -- Errors: 22023 unknown policy or endpoint, bad cost or subject; 42501 not allowed
 -- (anon: also for a policy that does not exist).

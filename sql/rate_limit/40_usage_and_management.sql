@@ -84,8 +84,9 @@ grant select on table pgshield.rate_limit_usage to service_role;
 -- A subject's current usage as a JSON array (one object per policy window).
 -- Reads only that subject's rows (the primary key starts with the subject),
 -- so its cost does not grow with other subjects' state.
--- Callers: authenticated (own usage only: p_subject null or auth.uid()),
--- service_role (p_subject required), through public.get_rate_limit_usage.
+-- Callers: authenticated (own usage only: p_subject null or their subject,
+-- pgshield.caller_subject()), service_role (p_subject required), through
+-- public.get_rate_limit_usage.
 -- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
 create or replace function pgshield.rate_limit_usage_of(p_subject text, p_policy text)
 returns jsonb
@@ -101,11 +102,11 @@ begin
     raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
   end if;
   if not pgshield.caller_is_trusted() then
-    if auth.uid() is null or (p_subject is not null and p_subject <> auth.uid()::text) then
+    v_subject := pgshield.caller_subject();
+    if v_subject is null or (p_subject is not null and p_subject <> v_subject) then
       raise exception using errcode = '42501', message = 'only your own usage can be read',
         hint = 'omit p_subject';
     end if;
-    v_subject := auth.uid()::text;
   elsif v_subject is null then
     raise exception using errcode = '22023', message = 'p_subject is required for trusted callers';
   end if;
@@ -137,7 +138,7 @@ grant execute on function pgshield.rate_limit_usage_of(text, text) to authentica
 
 -- A subject's current usage as a JSON array (one object per policy window).
 -- Runs as the invoker. Callers: authenticated (own usage only: p_subject null
--- or auth.uid()), service_role (p_subject required).
+-- or their subject), service_role (p_subject required).
 -- Errors: 22023 bad subject or unknown policy; 42501 another user's usage.
 create or replace function public.get_rate_limit_usage(p_subject text default null, p_policy text default null)
 returns jsonb
