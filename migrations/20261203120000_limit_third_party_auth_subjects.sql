@@ -5,7 +5,7 @@
 -- sub to uuid and failed with 22P02 (HTTP 400) on every guarded request and
 -- every check_rate_limit call. pgshield.caller_subject() gives the subject: a
 -- UUID sub as auth.uid()::text (so existing state keeps its keys), any
--- other as 'sub:' || sub ('sub:md5:' || md5(sub) past 200 characters).
+-- other as 'sub:' || sub ('subh:' || md5(sub) past 200 characters).
 -- rate_limit_check and request_guard_decide compute it inline;
 -- rate_limit_subject and rate_limit_usage_of call it.
 
@@ -18,7 +18,7 @@ set local search_path = pg_catalog, pg_temp;
 -- 'sub'): a sub that is a UUID (a Supabase Auth user id) as auth.uid()::text
 -- gives it (the uuid cast's canonical text); any other sub (a third-party
 -- auth provider's: Clerk, Firebase, Auth0, Cognito), where auth.uid() fails
--- with 22P02, as 'sub:' || sub, or 'sub:md5:' || md5(sub) past 200
+-- with 22P02, as 'sub:' || sub, or 'subh:' || md5(sub) past 200
 -- characters; null without a sub.
 -- rate_limit_check and request_guard_decide compute the same inline (a call
 -- costs more than the block in a request's transaction; the uuid cast in an
@@ -35,7 +35,7 @@ declare
 begin
   return v_sub::uuid::text;
 exception when invalid_text_representation then
-  return case when length(v_sub) <= 200 then 'sub:' || v_sub else 'sub:md5:' || md5(v_sub) end;
+  return case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
 end
 $$;
 
@@ -138,7 +138,7 @@ begin
       begin
         v_sub := v_sub::uuid::text;
       exception when invalid_text_representation then
-        v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'sub:md5:' || md5(v_sub) end;
+        v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
       end;
       if v_sub is null then
         raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
@@ -282,7 +282,7 @@ begin
       v_subject := v_subject::uuid::text;
     exception when invalid_text_representation then
       v_subject := case when length(v_subject) <= 200 then 'sub:' || v_subject
-                        else 'sub:md5:' || md5(v_subject) end;
+                        else 'subh:' || md5(v_subject) end;
     end;
   elsif v_role <> 'anon' then
     v_subject := v_role;

@@ -167,7 +167,7 @@ revoke all on function pgshield.caller_is_trusted() from public;
 -- 'sub'): a sub that is a UUID (a Supabase Auth user id) as auth.uid()::text
 -- gives it (the uuid cast's canonical text); any other sub (a third-party
 -- auth provider's: Clerk, Firebase, Auth0, Cognito), where auth.uid() fails
--- with 22P02, as 'sub:' || sub, or 'sub:md5:' || md5(sub) past 200
+-- with 22P02, as 'sub:' || sub, or 'subh:' || md5(sub) past 200
 -- characters; null without a sub.
 -- rate_limit_check and request_guard_decide compute the same inline (a call
 -- costs more than the block in a request's transaction; the uuid cast in an
@@ -184,7 +184,7 @@ declare
 begin
   return v_sub::uuid::text;
 exception when invalid_text_representation then
-  return case when length(v_sub) <= 200 then 'sub:' || v_sub else 'sub:md5:' || md5(v_sub) end;
+  return case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
 end
 $$;
 

@@ -159,7 +159,7 @@ begin
       v_subject := v_subject::uuid::text;
     exception when invalid_text_representation then
       v_subject := case when length(v_subject) <= 200 then 'sub:' || v_subject
-                        else 'sub:md5:' || md5(v_subject) end;
+                        else 'subh:' || md5(v_subject) end;
     end;
   elsif v_role <> 'anon' then
     v_subject := v_role;

@@ -9,6 +9,7 @@ API guard and get_rate_limit_usage agree on the subject, so they share one quota
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import psycopg
@@ -38,7 +39,16 @@ def subject(conn: psycopg.Connection, claims: dict) -> str | None:
         (CLERK, f"sub:{CLERK}"),
         ("anon:203.0.113.7", "sub:anon:203.0.113.7"),  # never another bucket's key
         ("service_role", "sub:service_role"),
-        ("x" * 201, "sub:md5:" + __import__("hashlib").md5(b"x" * 201).hexdigest()),
+        ("x" * 201, "subh:" + hashlib.md5(b"x" * 201).hexdigest()),
+        # a short sub spelling a long one's hash is not in its bucket
+        (
+            "md5:" + hashlib.md5(b"x" * 201).hexdigest(),
+            "sub:md5:" + hashlib.md5(b"x" * 201).hexdigest(),
+        ),
+        (
+            "h:" + hashlib.md5(b"x" * 201).hexdigest(),
+            "sub:h:" + hashlib.md5(b"x" * 201).hexdigest(),
+        ),
         ("", None),
     ],
 )

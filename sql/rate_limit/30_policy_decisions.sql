@@ -562,7 +562,7 @@ begin
       begin
         v_sub := v_sub::uuid::text;
       exception when invalid_text_representation then
-        v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'sub:md5:' || md5(v_sub) end;
+        v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
       end;
       if v_sub is null then
         raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
