@@ -152,7 +152,10 @@ revoke all on function pgshield.maintenance_job_name() from public, anon, authen
 grant execute on function pgshield.maintenance_job_name() to service_role;
 
 -- Where pg_cron stands for this database: version (null: not created here),
--- preloaded, the database its scheduler runs in, and this database. Roles
+-- usage (whether the current role may use its schema: null without it; a
+-- superuser creates the extension, and a non-superuser owner has no USAGE on
+-- schema cron until granted), preloaded, the database its scheduler runs in,
+-- and this database. Roles
 -- that may not read server settings (hosted Supabase's postgres may not read
 -- shared_preload_libraries) learn the same from pg_cron's launcher process.
 -- Callers: pack functions. Errors: none.
@@ -173,6 +176,11 @@ begin
   end;
   return jsonb_build_object(
     'version', (select e.extversion from pg_catalog.pg_extension e where e.extname = 'pg_cron'),
+    -- pg_cron's extension schema is pg_catalog; its objects live in schema cron.
+    'usage', (select pg_catalog.has_schema_privilege(n.oid, 'usage')
+                from pg_catalog.pg_namespace n
+               where n.nspname = 'cron'
+                 and exists (select from pg_catalog.pg_extension e where e.extname = 'pg_cron')),
     'preloaded', coalesce(v_preloaded, false),
     'database', coalesce(v_database, 'postgres'),
     'here', current_database());
@@ -184,8 +192,9 @@ grant execute on function pgshield.maintenance_cron() to service_role;
 
 -- Raises 55000 when pg_cron cannot schedule jobs from this database, with the
 -- exact step to take in the hint (p_statement: what to run in the scheduler's
--- database instead, when pg_cron runs there).
--- Callers: pack functions. Errors: 55000.
+-- database instead, when pg_cron runs there), and 42501 when the current role
+-- may not use schema cron (the hint holds the grant).
+-- Callers: pack functions. Errors: 55000, 42501.
 create or replace function pgshield.maintenance_require_cron(p_statement text) returns text
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -198,6 +207,11 @@ begin
       raise exception using errcode = '55000',
         message = format('pg_cron %s cannot name jobs; pgshield needs 1.3 or later', v_cron ->> 'version'),
         hint = 'run `alter extension pg_cron update;`';
+    end if;
+    if not (v_cron ->> 'usage')::boolean then
+      raise exception using errcode = '42501',
+        message = format('role %s may not use schema cron, so it cannot schedule the maintenance job', current_user),
+        hint = format('as a superuser run: grant usage on schema cron to %I;', current_user);
     end if;
     return v_cron ->> 'version';
   end if;
@@ -238,6 +252,7 @@ declare
   v_before timestamptz;
   v_count integer;
   v_cron integer := 0;
+  v_deletes boolean := false;
 begin
   perform pgshield.maintenance_check_caller();
   if p_batch_size is null or p_batch_size < 1 then
@@ -252,7 +267,14 @@ begin
            where x.started_at < v_before order by x.id limit p_batch_size for update skip locked) d
    where r.id = d.id;
   get diagnostics v_count = row_count;
-  if v_count < p_batch_size and to_regclass('cron.job_run_details') is not null then
+  -- Only where the owner may delete from pg_cron's run history (a
+  -- non-superuser owner may not use schema cron until granted it; the
+  -- table's name is looked up only then, since looking it up needs USAGE).
+  if v_count < p_batch_size and coalesce((pgshield.maintenance_cron() ->> 'usage')::boolean, false) then
+    v_deletes := case when to_regclass('cron.job_run_details') is null then false
+                      else has_table_privilege('cron.job_run_details', 'delete') end;
+  end if;
+  if v_deletes then
     -- format(): the cron schema may not exist, so the statement is never checked ahead.
     execute format($sql$
       delete from %1$I.job_run_details r
@@ -545,7 +567,7 @@ grant execute on function pgshield.set_maintenance_task(text, integer, interval,
 -- the exact cron.schedule_in_database(...) statement to run there.
 -- Returns {"job_name", "jobid", "schedule", "command", "database"}.
 -- Callers: the owner, service_role. Errors: 22023 bad schedule; 55000 pg_cron
--- missing or elsewhere; 42501 others.
+-- missing or elsewhere; 42501 others, or the owner may not use schema cron.
 create or replace function pgshield.schedule_maintenance(p_schedule text default '* * * * *')
 returns jsonb
 language plpgsql volatile security definer
@@ -576,7 +598,8 @@ grant execute on function pgshield.schedule_maintenance(text) to service_role;
 
 -- Removes this database's maintenance job; true when there was one.
 -- Callers: the owner, service_role. Errors: 55000 pg_cron missing or elsewhere
--- (the hint holds the statement to run there); 42501 others.
+-- (the hint holds the statement to run there); 42501 others, or the owner may
+-- not use schema cron.
 create or replace function pgshield.unschedule_maintenance() returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -602,9 +625,9 @@ grant execute on function pgshield.unschedule_maintenance() to service_role;
 -- ----------------------------------------------------------------- status ----
 
 -- Everything an operator asks about maintenance, as JSON:
---   cron: {version, preloaded, database, here}
---   job: this database's job in cron.job (null when there is none or pg_cron
---        is not here), runs: its last p_runs entries of cron.job_run_details,
+--   cron: {version, usage, preloaded, database, here}
+--   job: this database's job in cron.job (null when there is none, pg_cron
+--        is not here or the owner may not use schema cron), runs: its last p_runs entries of cron.job_run_details,
 --        failures: how many of its recorded runs failed
 --   totals: runs, seconds, last run; tasks: each task's settings, counters,
 --   whether its module is installed, and oversized: tables past max_rows
@@ -624,7 +647,7 @@ begin
   if p_runs is null or p_runs not between 0 and 1000 then
     raise exception using errcode = '22023', message = 'p_runs must be between 0 and 1000';
   end if;
-  if v_cron ->> 'version' is not null then
+  if (v_cron ->> 'usage')::boolean then
     execute format($sql$
       select to_jsonb(j) from (select j.jobid, j.jobname, j.schedule, j.command, j.database, j.username, j.active
                                  from %I.job j where j.jobname = $1) j

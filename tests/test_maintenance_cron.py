@@ -22,7 +22,7 @@ from pgshield import Shield, ShieldError
 from pgshield.doctor import diagnose
 from pgshield.embedded import Cluster, find_bindir
 from pgshield.errors import SetupError
-from pgshield.migrations import discover
+from pgshield.migrations import discover, migrate
 from pgshield.provision import prepare_database
 
 CRON_DB = "pgshield_cron"
@@ -168,3 +168,59 @@ def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster
         name: f"*/7 * * * * {command}",
         "users-own-job": f"0 * * * * {old}",
     }
+
+
+def test_an_owner_without_usage_on_schema_cron_upgrades_cleans_up_and_is_told_the_grant() -> None:
+    """A superuser created pg_cron; the pack's non-superuser owner may not use schema cron.
+
+    Self-hosted Postgres with an application owner role: the upgrade applies, the cleanup runs
+    without a failed task, the status and the doctor say why there is no job, scheduling answers
+    42501 with the grant in its hint, and after that grant the job can be scheduled.
+    """
+    cluster = _cluster_or_skip()
+    owner_role = "supabase_postgres"  # the compat stub's non-superuser owner
+    try:
+        cluster.init()
+        cluster.start()
+        su = cluster.dsn("postgres")
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute("create extension pg_cron")
+        prepare_database(su, apply_migrations=False)
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute(f"alter database postgres owner to {owner_role}")
+            usage = conn.execute(
+                "select has_schema_privilege(%s, 'cron', 'usage')", (owner_role,)
+            ).fetchone()
+        assert usage == (False,)
+        owner = cluster.dsn("postgres", user=owner_role)
+        everything = discover()
+        earlier = [m for m in everything if m.version < "20261203090000"]
+        with psycopg.connect(owner, autocommit=True) as conn:
+            migrate(conn, migrations=earlier)
+            applied = migrate(conn, migrations=everything)
+            assert [m.filename for m in applied] == [
+                m.filename for m in everything if m not in earlier
+            ]
+            run = conn.execute("select pgshield.run_maintenance('2 seconds')").fetchone()[0]  # type: ignore[index]
+            failed = [t for t in run["tasks"] if t["status"] == "failed"]
+            assert not failed, failed
+            status = conn.execute("select pgshield.maintenance_status()").fetchone()[0]  # type: ignore[index]
+            assert status["cron"]["usage"] is False and status["job"] is None
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                conn.execute("select pgshield.schedule_maintenance()")
+            assert refused.value.diag.message_hint == (
+                f"as a superuser run: grant usage on schema cron to {owner_role};"
+            )
+        told = [c for c in diagnose(owner) if c["check"] == "maintenance job"]
+        assert [c["status"] for c in told] == ["missing"]
+        assert f"grant usage on schema cron to {owner_role};" in told[0]["detail"]
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute(f"grant usage on schema cron to {owner_role}")
+        with psycopg.connect(owner, autocommit=True) as conn:
+            job = conn.execute("select pgshield.schedule_maintenance()").fetchone()[0]  # type: ignore[index]
+            status = conn.execute("select pgshield.maintenance_status()").fetchone()[0]  # type: ignore[index]
+            assert status["cron"]["usage"] is True
+            assert status["job"]["jobid"] == job["jobid"]
+            assert conn.execute("select pgshield.unschedule_maintenance()").fetchone() == (True,)
+    finally:
+        cluster.destroy()

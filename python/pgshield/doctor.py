@@ -37,6 +37,29 @@ def cron_status(
     return None, "loaded for this database but not created: run `create extension pg_cron;`"
 
 
+def _cron_settings(conn: psycopg.Connection) -> tuple[str, str | None, bool]:
+    """This database, pg_cron's scheduler database and whether pg_cron is preloaded.
+
+    A role that may not read those settings (a non-superuser; pg_cron's database_name is
+    superuser-only even with missing_ok) learns them from pg_cron's launcher process.
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "select current_database(), current_setting('cron.database_name', true),"
+                " coalesce(current_setting('shared_preload_libraries', true), '')"
+                " ~ '(^|[ ,])pg_cron($|[ ,])'"
+            ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        row = conn.execute(
+            "select current_database(), l.datname, l.datname is not null"
+            " from (select) x left join lateral (select a.datname from pg_stat_activity a"
+            "  where a.backend_type = 'pg_cron launcher' limit 1) l on true"
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1], bool(row[2])
+
+
 def diagnose(dsn: str) -> list[dict[str, Any]]:
     """Checks as rows of ``check``, ``status`` (ok / warn / missing) and ``detail``."""
     checks: list[dict[str, Any]] = []
@@ -74,12 +97,7 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
                 " where a.name in ('pg_cron', 'pgtap')"
             ).fetchall()
         )
-        cron = conn.execute(
-            "select current_database(), current_setting('cron.database_name', true),"
-            " coalesce(current_setting('shared_preload_libraries', true), '')"
-            " ~ '(^|[ ,])pg_cron($|[ ,])'"
-        ).fetchone()
-        assert cron is not None
+        cron = _cron_settings(conn)
         add(
             "pg_cron",
             *cron_status("pg_cron" in exts, exts.get("pg_cron"), cron[2], cron[1], cron[0]),
@@ -143,6 +161,19 @@ def maintenance_checks(conn: psycopg.Connection, dsn: str) -> list[tuple[str, bo
     cron = st["cron"]
     name = f"pgshield-maintenance-{cron['here']}"
     job, where = None, "this database"
+    if cron.get("version") and cron.get("usage") is False:
+        owner = conn.execute(
+            "select nspowner::regrole::text from pg_namespace where nspname = 'pgshield'"
+        ).fetchone()
+        role = owner[0] if owner else "<owner>"
+        return [
+            (
+                "maintenance job",
+                False,
+                "the pack's owner may not use schema cron, so it can neither see nor schedule"
+                f" its job: as a superuser run `grant usage on schema cron to {role};`",
+            )
+        ]
     if cron.get("version"):
         if st["job"]:
             job = {**st["job"], "runs": st["runs"]}
