@@ -318,6 +318,12 @@ begin
   end if;
   -- Creations take turns on the settings row, so concurrent ones cannot pass the cap together.
   perform 1 from pgshield.breaker_settings s where s.id for update;
+  -- A caller that waited here behind the creation of the same name uses that
+  -- breaker (the cap counts it already).
+  select * into v_b from pgshield.breakers b where b.name = p_name;
+  if found then
+    return v_b;
+  end if;
   if (select count(*) from pgshield.breakers) >= coalesce(v_settings.max_breakers, 1000) then
     raise exception using errcode = 'PT409',
       message = format('breaker %L not created: there are already %s breakers', p_name, v_settings.max_breakers),
@@ -945,16 +951,27 @@ create or replace function public.drop_breaker(p_name text) returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_generation bigint;
 begin
   perform pgshield.breaker_check_caller();
   perform pgshield.breaker_check_name(p_name);
+  -- The row first, as every state change takes it before its buckets and
+  -- events: the tombstone holds the generation of the last change committed
+  -- before the drop (a change that held the row while it was read unlocked
+  -- raised it afterwards, and a breaker created again reused that
+  -- generation), and a drop never deadlocks with release_breaker.
+  select b.generation into v_generation from pgshield.breakers b where b.name = p_name for update;
   delete from pgshield.breaker_buckets k where k.name = p_name;
   delete from pgshield.breaker_events e where e.name = p_name;
+  if v_generation is null then
+    return false;
+  end if;
   insert into pgshield.breaker_tombstones as t (name, generation)
-  select b.name, b.generation from pgshield.breakers b where b.name = p_name
+  values (p_name, v_generation)
   on conflict (name) do update set generation = greatest(t.generation, excluded.generation), dropped_at = now();
   delete from pgshield.breakers b where b.name = p_name;
-  return found;
+  return true;
 end
 $$;
 

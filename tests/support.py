@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -118,3 +119,16 @@ def run_threads(
         t.join(join_timeout)
     assert not any(t.is_alive() for t in threads), "a worker thread is still running"
     assert not errors, errors[:3]
+
+
+def wait_for_lock_wait(conn: psycopg.Connection, pid: int, timeout: float = 10) -> None:
+    """Return once backend ``pid`` waits for a lock (seen from ``conn``); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
+        ).fetchone()
+        if row and row[0] == "Lock":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"backend {pid} never waited for a lock")

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from pgshield import Conflict, NotAllowed, NotFound, Shield
-from support import run_threads
+from support import run_threads, wait_for_lock_wait
 
 CREATORS = 64
 ROUNDS = 10
@@ -115,17 +115,6 @@ def test_two_owners_removing_each_other_at_once_leave_exactly_one(
         assert owners(conn, team.id) == 1, f"round {r}"
     assert outcomes == {"ok": ROUNDS, "conflict": ROUNDS}
     assert no_team_without_owner(conn)
-
-
-def wait_for_lock_wait(conn: psycopg.Connection, pid: int) -> None:
-    for _ in range(500):
-        row = conn.execute(
-            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
-        ).fetchone()
-        if row and row[0] == "Lock":
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"backend {pid} never waited for a lock")
 
 
 def test_a_backend_killed_mid_creation_leaves_no_ownerless_team(
