@@ -140,8 +140,11 @@ comment on table pgshield.breaker_leases is
 alter table pgshield.breaker_leases enable row level security;
 revoke all on table pgshield.breaker_leases from public, anon, authenticated, service_role;
 
--- Outcomes per breaker, generation and second, one row per backend (shard =
--- its process id) so that concurrent callers never write the same row.
+-- Outcomes per breaker, generation and step of its window (second: the
+-- step's start; a step is 1 s up to a 1-minute window, ceil(window_seconds
+-- / 60) s beyond, so a window holds at most 61 rows per backend), one row
+-- per backend (shard = its process id) so that concurrent callers never
+-- write the same row.
 -- Successes are counted only for breakers with a rate rule. Unlogged: they are
 -- statistics for the failure-rate rules, emptied after a crash.
 create unlogged table if not exists pgshield.breaker_buckets (
@@ -155,7 +158,7 @@ create unlogged table if not exists pgshield.breaker_buckets (
   primary key (name, generation, second, shard)
 ) with (fillfactor = 70);
 comment on table pgshield.breaker_buckets is
-  'Calls, failures and slow calls per breaker, generation, second and backend (successes only with a rate rule).';
+  'Calls, failures and slow calls per breaker, generation, step of its window (1 s, or ceil(window / 60) s) and backend (successes only with a rate rule).';
 alter table pgshield.breaker_buckets enable row level security;
 revoke all on table pgshield.breaker_buckets from public, anon, authenticated, service_role;
 
@@ -384,20 +387,24 @@ $$;
 revoke all on function pgshield.breaker_transition(pgshield.breakers, text, text, timestamptz)
   from public, anon, authenticated, service_role;
 
--- Counts one outcome in this backend's own bucket row of the current second
--- (shard = the backend's process id): two concurrent callers never write the
+-- Counts one outcome in this backend's own bucket row of the current step of
+-- a p_window_seconds window (1 s up to a 1-minute window, ceil(window / 60)
+-- s beyond, so the trip check sums at most 61 rows per backend however long
+-- the window;
+-- shard = the backend's process id): two concurrent callers never write the
 -- same row, so counting never waits on a lock. An update first, since the row
--- of this second usually exists; the insert only for the first outcome of a
--- second.
+-- of this step usually exists; the insert only for its first outcome.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.breaker_count(
-  p_name text, p_generation bigint, p_now timestamptz, p_failure boolean, p_slow boolean
+  p_name text, p_generation bigint, p_now timestamptz, p_failure boolean, p_slow boolean,
+  p_window_seconds integer
 ) returns void
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_second timestamptz := date_trunc('second', p_now);
+  v_second timestamptz := date_bin(((p_window_seconds + 59) / 60) * interval '1 second', p_now,
+                                   timestamptz '1970-01-01 00:00:00+00');
   v_failures integer := case when p_failure then 1 else 0 end;
   v_slow integer := case when p_slow then 1 else 0 end;
 begin
@@ -414,7 +421,7 @@ begin
 end
 $$;
 
-revoke all on function pgshield.breaker_count(text, bigint, timestamptz, boolean, boolean)
+revoke all on function pgshield.breaker_count(text, bigint, timestamptz, boolean, boolean, integer)
   from public, anon, authenticated, service_role;
 
 -- Why the locked, closed breaker p_b should trip now (null: it should not):
@@ -607,6 +614,7 @@ declare
   v_streak integer;
   v_slow_ms integer;
   v_rated boolean;
+  v_window integer;
   v_gen bigint;
   v_lease bigint;
   v_now timestamptz;
@@ -624,8 +632,8 @@ begin
   -- One indexed read of what the paths without the row lock need. A name
   -- found in the table is valid (the table checks it).
   select b.state, b.generation, b.consecutive_failures, b.slow_call_ms,
-         b.failure_rate is not null or b.slow_call_rate is not null
-    into v_state, v_current, v_streak, v_slow_ms, v_rated
+         b.failure_rate is not null or b.slow_call_rate is not null, b.window_seconds
+    into v_state, v_current, v_streak, v_slow_ms, v_rated, v_window
     from pgshield.breakers b where b.name = p_name;
 
   -- The healthy path, first and in one test: a success of the current
@@ -674,7 +682,7 @@ begin
          where b.name = p_name and b.generation = v_gen and b.consecutive_failures > 0;
       end if;
       if v_rated then
-        perform pgshield.breaker_count(p_name, v_gen, pgshield.now(), false, false);
+        perform pgshield.breaker_count(p_name, v_gen, pgshield.now(), false, false, v_window);
       end if;
     end if;
     return row(v_state, v_current, false, v_counted, p_name)::public.breaker_release_result;
@@ -700,7 +708,7 @@ begin
     if v_lease <> 0 then
       return v_res;
     end if;
-    perform pgshield.breaker_count(p_name, v_gen, v_now, p_outcome = 'failure', v_slow);
+    perform pgshield.breaker_count(p_name, v_gen, v_now, p_outcome = 'failure', v_slow, v_b.window_seconds);
     v_res.counted := true;
     update pgshield.breakers b
        set consecutive_failures = case when p_outcome = 'failure' then b.consecutive_failures + 1 else 0 end
