@@ -263,7 +263,10 @@ $$;
 
 revoke all on function pgshield.team_slug(text) from public, anon, authenticated, service_role;
 
--- A team name: trimmed, 1 to 200 characters, no control characters.
+-- A team name: trimmed, 1 to 200 characters, no control characters and no
+-- invisible format characters (zero-width spaces and joiners, bidirectional
+-- overrides and isolates, the byte order mark), which would make a name look
+-- blank or read in another order than it is stored.
 -- Callers: pack functions. Errors: 22023.
 create or replace function pgshield.team_name(p_name text) returns text
 language plpgsql immutable
@@ -272,9 +275,10 @@ as $$
 declare
   v_name text := btrim(coalesce(p_name, ''));
 begin
-  if length(v_name) not between 1 and 200 or v_name ~ '[[:cntrl:]]' then
+  if length(v_name) not between 1 and 200 or v_name ~ '[[:cntrl:]]'
+     or v_name ~ '[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]' then
     raise exception using errcode = '22023',
-      message = 'p_name must be 1 to 200 characters without control characters';
+      message = 'p_name must be 1 to 200 characters without control or invisible format characters';
   end if;
   return v_name;
 end
@@ -283,7 +287,9 @@ $$;
 revoke all on function pgshield.team_name(text) from public, anon, authenticated, service_role;
 
 -- An email address: trimmed and lowercased, one @, a dot in the domain, at
--- most 320 characters; null stays null. Callers: pack functions. Errors: 22023.
+-- most 320 characters, no control or invisible format characters (terminal
+-- escapes would reach the CLI and dashboards); null stays null.
+-- Callers: pack functions. Errors: 22023.
 create or replace function pgshield.team_email(p_email text, p_param text) returns text
 language plpgsql immutable
 set search_path = pg_catalog, pg_temp
@@ -294,7 +300,8 @@ begin
   if v_email is null then
     return null;
   end if;
-  if length(v_email) > 320 or v_email !~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$' then
+  if length(v_email) > 320 or v_email !~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$'
+     or v_email ~ '[[:cntrl:]\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]' then
     raise exception using errcode = '22023', message = format('%s must be an email address', p_param),
       hint = format('got %L', left(p_email, 80));
   end if;
@@ -305,8 +312,11 @@ $$;
 revoke all on function pgshield.team_email(text, text) from public, anon, authenticated, service_role;
 
 -- The acting user: auth.uid() for API callers, null for trusted callers
--- (service_role, the owner), who act with every right.
--- Callers: pack functions. Errors: 42501 an API caller without a user id.
+-- (service_role, the owner), who act with every right. A JWT outlives the
+-- user it was issued to (until it expires): a user id that is no longer in
+-- auth.users is refused.
+-- Callers: pack functions. Errors: 42501 an API caller without a user id, or
+-- whose user was deleted.
 create or replace function pgshield.team_actor() returns uuid
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -321,6 +331,10 @@ begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'team operations need a signed-in user',
       hint = 'call with a user''s JWT (authenticated), or as service_role';
+  end if;
+  if not exists (select 1 from auth.users u where u.id = v_uid) then
+    raise exception using errcode = '42501', message = 'this user no longer exists',
+      hint = 'sign in again';
   end if;
   return v_uid;
 end
@@ -760,7 +774,8 @@ $$;
 revoke all on function pgshield.team_get(uuid, text) from public, anon, authenticated, service_role;
 
 -- The teams of a user (the caller; trusted callers name p_user_id), each
--- with the user's role and permissions, by slug.
+-- with the user's role and permissions, by slug; of a team where the user
+-- lacks read, only its id, slug and name (as get_team refuses the rest).
 -- Callers: through teams_call. Errors: 22023, 42501 another user's teams.
 create or replace function pgshield.team_list_mine(p_user_id uuid) returns jsonb
 language plpgsql volatile
@@ -778,11 +793,12 @@ begin
     raise exception using errcode = '22023', message = 'p_user_id is required for trusted callers';
   end if;
   return coalesce((
-    select jsonb_agg(pgshield.team_json(t)
-                     || jsonb_build_object('role', m.role,
-                                           'permissions', pgshield.team_effective_permissions(m.role, m.extra_permissions))
+    select jsonb_agg(case when 'read' = any(x.permissions) then pgshield.team_json(t)
+                          else jsonb_build_object('id', t.id, 'slug', t.slug, 'name', t.name) end
+                     || jsonb_build_object('role', m.role, 'permissions', x.permissions)
                      order by t.slug)
       from pgshield.team_members m join pgshield.teams t on t.id = m.team_id
+           cross join lateral (select pgshield.team_effective_permissions(m.role, m.extra_permissions) as permissions) x
      where m.user_id = v_user), '[]'::jsonb);
 end
 $$;
@@ -997,7 +1013,9 @@ declare
   v_now timestamptz := pgshield.now();
   v_max integer;
 begin
-  if v_expires_in not between interval '1 minute' and interval '90 days' then
+  -- On the clock, not as intervals: comparing intervals counts a month as 30
+  -- days and a year as 360, so '100 years -35910 days' compared as 90 days.
+  if v_now + v_expires_in not between v_now + interval '1 minute' and v_now + interval '90 days' then
     raise exception using errcode = '22023', message = 'p_expires_in must be between 1 minute and 90 days';
   end if;
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
@@ -1300,8 +1318,11 @@ revoke all on function pgshield.team_dispatch(text, jsonb) from public, anon, au
 -- refusal writes its audit row and a change its own: a read-only one (GET,
 -- HEAD, supabase-js rpc(..., { get: true }), a standby) is refused up front.
 -- A denied row names the team only when the caller is a member of it (or
--- trusted), so that strangers cannot write into a team's audit, and keeps at
--- most 1,000 characters of the arguments.
+-- trusted), so that strangers cannot write into a team's audit, and keeps
+-- only the arguments the operation takes (at most 1,000 characters of
+-- them): its team and target come from those, so a direct call cannot
+-- plant a team, a target or a note in an audit row the operation would not
+-- write.
 -- Callers: authenticated, service_role (through the public entry points).
 -- Errors: 25006 read-only transaction; 22023 and class 22 bad input;
 -- refusals are answered, not raised.
@@ -1316,6 +1337,7 @@ declare
   v_hint text;
   v_team uuid;
   v_details jsonb;
+  v_args jsonb;
 begin
   if current_setting('transaction_read_only') = 'on' then
     raise exception using errcode = '25006', message = 'call team operations with POST',
@@ -1328,26 +1350,43 @@ begin
     get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,
                             v_detail = pg_exception_detail, v_hint = pg_exception_hint;
   end;
+  -- The arguments team_dispatch reads for this operation, and no others.
+  select coalesce(jsonb_object_agg(e.key, e.value), '{}'::jsonb) into v_args
+    from jsonb_each(case when jsonb_typeof(p_args) = 'object' then p_args else '{}'::jsonb end) e
+   where e.key = any (case p_op
+           when 'create_team' then array['name', 'slug', 'owner_id', 'billing_email']
+           when 'update_team' then array['team_id', 'name', 'slug', 'billing_email']
+           when 'list_my_teams' then array['user_id']
+           when 'add_member' then array['team_id', 'user_id', 'role', 'permissions']
+           when 'set_member_role' then array['team_id', 'user_id', 'role', 'permissions']
+           when 'remove_member' then array['team_id', 'user_id']
+           when 'transfer_ownership' then array['team_id', 'new_owner_id']
+           when 'create_invitation' then array['team_id', 'role', 'email', 'expires_in', 'permissions']
+           when 'accept_invitation' then array['token']
+           when 'revoke_invitation' then array['invitation_id']
+           when 'list_audit' then array['team_id', 'limit', 'denied_only']
+           when 'get_team' then array['team_id', 'slug']
+           else array['team_id'] end);
   v_team := coalesce(
-    pgshield.team_arg_uuid(p_args, 'team_id'),
+    pgshield.team_arg_uuid(v_args, 'team_id'),
     (select i.team_id from pgshield.team_invitations i
-      where i.id = pgshield.team_arg_uuid(p_args, 'invitation_id')),
+      where i.id = pgshield.team_arg_uuid(v_args, 'invitation_id')),
     (select i.team_id from pgshield.team_invitations i
-      where p_args ->> 'token' ~ '^[0-9a-f]{64}$'
-        and i.token_hash = sha256(convert_to(p_args ->> 'token', 'UTF8'))));
+      where v_args ->> 'token' ~ '^[0-9a-f]{64}$'
+        and i.token_hash = sha256(convert_to(v_args ->> 'token', 'UTF8'))));
   -- Only into the audit of a team the caller is in (trusted callers: any).
   if v_team is not null and not pgshield.caller_is_trusted()
      and not exists (select 1 from pgshield.team_members m where m.team_id = v_team and m.user_id = auth.uid()) then
     v_team := null;
   end if;
-  v_details := coalesce(p_args, '{}'::jsonb) - 'token';
+  v_details := v_args - 'token';
   if length(v_details::text) > 1000 then
     v_details := jsonb_build_object('truncated', true, 'arguments', left(v_details::text, 1000));
   end if;
   perform pgshield.team_audit_write(
     v_team, p_op, 'denied',
-    coalesce(pgshield.team_arg_uuid(p_args, 'user_id'), pgshield.team_arg_uuid(p_args, 'owner_id'),
-             pgshield.team_arg_uuid(p_args, 'new_owner_id')),
+    coalesce(pgshield.team_arg_uuid(v_args, 'user_id'), pgshield.team_arg_uuid(v_args, 'owner_id'),
+             pgshield.team_arg_uuid(v_args, 'new_owner_id')),
     v_state, v_message, v_details);
   perform set_config('response.status',
                      case v_state when '42501' then '403' when 'PT404' then '404' else '409' end, true);

@@ -1,0 +1,169 @@
+"""Teams: what a hostile member, a stale token or odd text cannot do.
+
+Driven as PostgREST calls the entry points (one transaction, role authenticated, the JWT's
+claims). Each refusal is checked for what it wrote: nothing for bad input (22023, raised), one
+denied audit row for a refusal (answered).
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from support import act_as
+from test_teams import ANN, BOB, CID, audit_rows, owner  # noqa: F401  (owner is a fixture)
+
+
+def team_of(conn: psycopg.Connection, slug: str) -> str:
+    with act_as(conn, "service_role"):
+        row = conn.execute(
+            "select public.create_team_with_owner(%s, %s, %s)", ("Acme", slug, ANN)
+        ).fetchone()
+    assert row is not None
+    return row[0]["id"]
+
+
+def invitations(conn: psycopg.Connection, team: str) -> int:
+    row = conn.execute(
+        "select count(*) from pgshield.team_invitations where team_id = %s", (team,)
+    ).fetchone()
+    return row[0] if row else -1
+
+
+@pytest.mark.parametrize(
+    "expires_in",
+    [
+        "91 days",
+        "3 months 1 day",
+        "100 years -35910 days",
+        "10000 years -3599910 days",
+        "30 seconds",
+    ],
+)
+def test_an_invitation_lives_1_minute_to_90_days_on_the_clock(
+    owner: psycopg.Connection,  # noqa: F811
+    expires_in: str,
+) -> None:
+    team = team_of(owner, "pgshield-t-expiry")
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 minute and 90 days"),
+        act_as(owner, "authenticated", sub=ANN) as c,
+    ):
+        c.execute(
+            "select public.create_team_invitation(%s, 'member', null, %s::interval)",
+            (team, expires_in),
+        )
+    assert invitations(owner, team) == 0
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        row = c.execute(
+            "select public.create_team_invitation(%s, 'member', null, '90 days')", (team,)
+        ).fetchone()
+    assert row is not None and "token" in row[0]
+
+
+def test_a_deleted_users_token_is_refused_and_audited(owner: psycopg.Connection) -> None:  # noqa: F811
+    team = team_of(owner, "pgshield-t-deleted")
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        token = c.execute("select public.create_team_invitation(%s, 'member')", (team,)).fetchone()[
+            0
+        ]["token"]  # type: ignore[index]
+    owner.execute("delete from auth.users where id = %s", (CID,))
+    with act_as(owner, "authenticated", sub=CID) as c:
+        answer, status = c.execute(
+            "select public.accept_team_invitation(%s), current_setting('response.status', true)",
+            (token,),
+        ).fetchone()  # type: ignore[misc]
+        created = c.execute(
+            "select public.create_team_with_owner('Ghost', 'pgshield-t-ghost')"
+        ).fetchone()[0]  # type: ignore[index]
+    assert (answer["code"], answer["message"], status) == (
+        "42501",
+        "this user no longer exists",
+        "403",
+    )
+    assert created["code"] == "42501"
+    assert audit_rows(owner, "denied") == [("accept_invitation", "42501"), ("create_team", "42501")]
+    members = owner.execute(
+        "select count(*) from pgshield.team_members where user_id = %s", (CID,)
+    ).fetchone()
+    assert members == (0,)
+
+
+def test_a_direct_call_cannot_plant_a_team_target_or_note_in_the_audit(
+    owner: psycopg.Connection,  # noqa: F811
+) -> None:
+    team = team_of(owner, "pgshield-t-plant")
+    with act_as(owner, "service_role"):
+        owner.execute("select public.add_team_member(%s, %s, 'viewer')", (team, BOB))
+    planted = {"team_id": team, "user_id": str(ANN), "note": "SECURITY: ann tried to delete it"}
+    with act_as(owner, "authenticated", sub=BOB) as c:
+        # list_my_teams takes user_id only: another user's id is refused, and the audit row
+        # keeps that argument alone, with no team.
+        answer = c.execute(
+            "select pgshield.teams_call('list_my_teams', %s)", (json.dumps(planted),)
+        ).fetchone()[0]  # type: ignore[index]
+    assert answer["code"] == "42501"
+    row = owner.execute(
+        "select team_id, target_user_id, details from pgshield.team_audit"
+        " where outcome = 'denied' and actor_id = %s",
+        (BOB,),
+    ).fetchone()
+    assert row == (None, ANN, {"user_id": str(ANN)})
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        seen = c.execute("select public.get_team_audit(%s, 100, true)", (team,)).fetchone()[0]  # type: ignore[index]
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["\u200b", "Acme\u202egnp.exe", "A\u2066b\u2069", "\ufeffAcme", "Ac\u00adme", "x\u200dy"],
+)
+def test_a_name_with_invisible_format_characters_is_refused(
+    owner: psycopg.Connection,  # noqa: F811
+    name: str,
+) -> None:
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="invisible format"),
+        act_as(owner, "authenticated", sub=ANN) as c,
+    ):
+        c.execute("select public.create_team_with_owner(%s, 'pgshield-t-format')", (name,))
+    assert owner.execute(
+        "select count(*) from pgshield.teams where slug = 'pgshield-t-format'"
+    ).fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "email", ["a\x1b[2J@evil.example.com", "x\x07@b.co", "a@b\u202e.co", "a\u200b@b.co"]
+)
+def test_an_email_with_control_or_format_characters_is_refused(
+    owner: psycopg.Connection,  # noqa: F811
+    email: str,
+) -> None:
+    team = team_of(owner, "pgshield-t-email")
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="p_email must be an email"),
+        act_as(owner, "authenticated", sub=ANN) as c,
+    ):
+        c.execute("select public.create_team_invitation(%s, 'member', %s)", (team, email))
+    assert invitations(owner, team) == 0
+
+
+def test_my_teams_show_only_name_where_i_may_not_read(owner: psycopg.Connection) -> None:  # noqa: F811
+    with act_as(owner, "service_role"):
+        team = owner.execute(
+            "select public.create_team_with_owner('Acme', 'pgshield-t-read', %s,"
+            " 'billing@acme.test')",
+            (ANN,),
+        ).fetchone()[0]["id"]  # type: ignore[index]
+        owner.execute("select public.add_team_member(%s, %s, 'viewer')", (team, BOB))
+    owner.execute("select pgshield.set_team_role_permissions('viewer', '{}')")
+    with act_as(owner, "authenticated", sub=BOB) as c:
+        [mine] = c.execute("select public.list_my_teams()").fetchone()[0]  # type: ignore[index]
+        refused = c.execute("select public.get_team(%s)", (team,)).fetchone()[0]  # type: ignore[index]
+    assert refused["code"] == "42501"
+    assert set(mine) == {"id", "slug", "name", "role", "permissions"} and mine["permissions"] == []
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        [full] = c.execute("select public.list_my_teams()").fetchone()[0]  # type: ignore[index]
+    assert full["billing_email"] == "billing@acme.test"
