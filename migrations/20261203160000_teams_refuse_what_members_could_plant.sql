@@ -13,8 +13,8 @@
 --   space looked blank, bidirectional overrides reorder it), emails control
 --   and format characters (terminal escapes reached the CLI).
 -- * list_my_teams shows a team where the user lacks read (after
---   set_team_role_permissions) as id, slug and name only, as get_team
---   refuses the rest (billing_email was shown).
+--   set_team_role_permissions) as id, slug, name and timestamps only, as
+--   get_team refuses the rest (billing_email was shown).
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -101,7 +101,8 @@ revoke all on function pgshield.team_actor() from public, anon, authenticated, s
 
 -- The teams of a user (the caller; trusted callers name p_user_id), each
 -- with the user's role and permissions, by slug; of a team where the user
--- lacks read, only its id, slug and name (as get_team refuses the rest).
+-- lacks read, only its id, slug, name and timestamps (get_team refuses the
+-- rest: its billing email and creator).
 -- Callers: through teams_call. Errors: 22023, 42501 another user's teams.
 create or replace function pgshield.team_list_mine(p_user_id uuid) returns jsonb
 language plpgsql volatile
@@ -120,7 +121,8 @@ begin
   end if;
   return coalesce((
     select jsonb_agg(case when 'read' = any(x.permissions) then pgshield.team_json(t)
-                          else jsonb_build_object('id', t.id, 'slug', t.slug, 'name', t.name) end
+                          else jsonb_build_object('id', t.id, 'slug', t.slug, 'name', t.name,
+                                                  'created_at', t.created_at, 'updated_at', t.updated_at) end
                      || jsonb_build_object('role', m.role, 'permissions', x.permissions)
                      order by t.slug)
       from pgshield.team_members m join pgshield.teams t on t.id = m.team_id

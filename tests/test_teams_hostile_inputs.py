@@ -12,6 +12,7 @@ import json
 import psycopg
 import pytest
 
+from pgshield import Shield
 from support import act_as
 from test_teams import ANN, BOB, CID, audit_rows, owner  # noqa: F401  (owner is a fixture)
 
@@ -163,7 +164,11 @@ def test_my_teams_show_only_name_where_i_may_not_read(owner: psycopg.Connection)
         [mine] = c.execute("select public.list_my_teams()").fetchone()[0]  # type: ignore[index]
         refused = c.execute("select public.get_team(%s)", (team,)).fetchone()[0]  # type: ignore[index]
     assert refused["code"] == "42501"
-    assert set(mine) == {"id", "slug", "name", "role", "permissions"} and mine["permissions"] == []
+    assert set(mine) == {"id", "slug", "name", "created_at", "updated_at", "role", "permissions"}
+    assert mine["permissions"] == []
+    with act_as(owner, "authenticated", sub=BOB) as c:
+        [through_client] = Shield(c).teams.mine()
+    assert (through_client.name, through_client.billing_email) == ("Acme", None)
     with act_as(owner, "authenticated", sub=ANN) as c:
         [full] = c.execute("select public.list_my_teams()").fetchone()[0]  # type: ignore[index]
     assert full["billing_email"] == "billing@acme.test"
