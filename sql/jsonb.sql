@@ -100,22 +100,25 @@ begin
        where p.key is null or jsonb_typeof(p.value) <> 'null');
   end if;
 
-  -- A few: one by one.
+  -- A few: one by one. Only their keys are collected, and each value is taken
+  -- once, for its own merge: a copy of every level's sub-patch held across
+  -- the recursion multiplied a deep patch's memory by about 4 per level (an
+  -- 8 MB string under 32 objects peaked at 1.2 GB).
   v_special := jsonb_path_query_array(
     p_patch,
-    'strict $.keyvalue() ? (@.value.type() == "object" || @.value.type() == "null")');
+    'strict $.keyvalue() ? (@.value.type() == "object" || @.value.type() == "null").key');
 
   for i in 0 .. jsonb_array_length(v_special) - 1 loop
-    v_item := v_special -> i;
-    v_key := v_item ->> 'key';
+    v_key := v_special ->> i;
     v_skip := array_append(v_skip, v_key);
-    if jsonb_typeof(v_item -> 'value') = 'null' then
+    v_item := p_patch -> v_key;
+    if jsonb_typeof(v_item) = 'null' then
       v_del := array_append(v_del, v_key);
     else
       v_keys := array_append(v_keys, v_key);
-      v_vals := array_append(v_vals,
-        pgshield.jsonb_merge_patch_level(p_target -> v_key, v_item -> 'value', p_level + 1));
+      v_vals := array_append(v_vals, pgshield.jsonb_merge_patch_level(p_target -> v_key, v_item, p_level + 1));
     end if;
+    v_item := null;
   end loop;
 
   -- The plain members, then the merged objects, then the removals.
@@ -391,8 +394,12 @@ revoke all on function pgshield.jsonb_target_check(regclass, name, name)
 -- is not an object). Without it (dynamic SQL, parsed and planned per call)
 -- the shorter text is cheaper. It returns the new document, and no row when
 -- the key matches none (or row-level security hides it).
--- Identifiers only through %I and regclass/regtype output; the operator name
--- is operator characters only (a check on the registry).
+-- Identifiers only through %I, regclass output and format_type(key_type, -1)
+-- (the type without a modifier: a regtype prints bpchar as "character",
+-- which a cast reads as character(1), so p_id 'XMAS24' matched the row 'X');
+-- the operator name is operator characters only (a check on the registry). A
+-- plain table is updated ONLY: its inheritance children are other tables,
+-- with their own grants and policies, that Postgres would not check.
 -- Callers: jsonb_merge_fast_rebuild, jsonb_merge_dynamic. Errors: none.
 create or replace function pgshield.jsonb_merge_statement(
   p_target pgshield.jsonb_target, p_inline boolean
@@ -402,12 +409,12 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   return format(
-    'update %1$s as t set %2$I = %7$s'
+    'update %8$s%1$s as t set %2$I = %7$s'
     ' where t.%3$I operator(%4$I.%5$s) $1::%6$s'
     ' and ($4 is null or pgshield.jsonb_hash(t.%2$I) = $4)'
     ' returning t.%2$I',
     p_target.relation, p_target.column_name, p_target.key_column,
-    p_target.key_operator_schema, p_target.key_operator, p_target.key_type,
+    p_target.key_operator_schema, p_target.key_operator, format_type(p_target.key_type, -1),
     case when p_inline then format(
       'case'
       ' when cardinality($3) <= 1 and jsonb_typeof($2) = ''object'''
@@ -419,7 +426,8 @@ begin
       ' else pgshield.jsonb_merge_patch_at(t.%1$I, $3, $2) end',
       p_target.column_name)
     else format('pgshield.jsonb_merge_patch_at(t.%I, $3, $2)', p_target.column_name)
-    end);
+    end,
+    case when (select c.relkind from pg_class c where c.oid = p_target.relation) = 'r' then 'only ' else '' end);
 end
 $$;
 
@@ -666,24 +674,36 @@ grant execute on function pgshield.list_jsonb_targets() to service_role;
 -- rules: unquoted names fold to lower case, "Quoted" ones keep theirs) to a
 -- table, or null. p_table is only ever compared with catalog names, never
 -- turned into SQL: it is parsed only when it has the shape of a (qualified)
--- identifier (so parse_ident never raises), then resolved through the
--- relation cache (quoted and qualified: no search_path involved).
+-- identifier of at most the longest length a table name can have (so
+-- parse_ident never raises, and never parses megabytes), then looked up in
+-- pg_class by schema and name (no search_path involved).
 -- Callers: jsonb_merge_dynamic. Errors: none.
 create or replace function pgshield.jsonb_relation_of(p_table text)
 returns regclass
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_parts text[];
 begin
-  return to_regclass(
-    case
-      when p_table ~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
-                      '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$')
-      then format('%I.%I',
-                  -- 'table' alone: element 0 does not exist, so public
-                  coalesce((parse_ident(p_table))[cardinality(parse_ident(p_table)) - 1], 'public'),
-                  (parse_ident(p_table))[cardinality(parse_ident(p_table))])
-    end);
+  -- No table name is longer: two quoted identifiers of 63 characters, each
+  -- quote doubled, and the dot (parsing a longer run of doubled quotes costs
+  -- time quadratic in its length).
+  if length(p_table) > 2 * (2 * 63 + 2) + 1 then
+    return null;
+  end if;
+  if p_table !~ ('^(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+")'
+                 '(?:\.(?:[A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*|"(?:[^"]|"")+"))?$') then
+    return null;
+  end if;
+  v_parts := parse_ident(p_table);
+  -- Through the catalog, which everyone may read: to_regclass answers 42501
+  -- for a schema the caller may not use, which told existing schemas apart
+  -- from missing ones. 'table' alone: element 0 does not exist, so public.
+  return (select c.oid::regclass
+            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = coalesce(v_parts[cardinality(v_parts) - 1], 'public')
+             and c.relname = v_parts[cardinality(v_parts)]);
 end
 $$;
 
@@ -772,9 +792,11 @@ begin
   end if;
 
   if p_expected_hash is not null then
-    execute format('select pgshield.jsonb_hash(t.%I) from %s as t where t.%I operator(%I.%s) $1::%s',
-                   v_t.column_name, v_t.relation, v_t.key_column,
-                   v_t.key_operator_schema, v_t.key_operator, v_t.key_type)
+    execute format('select pgshield.jsonb_hash(t.%I) from %s%s as t where t.%I operator(%I.%s) $1::%s',
+                   v_t.column_name,
+                   case when (select c.relkind from pg_class c where c.oid = v_t.relation) = 'r' then 'only ' else '' end,
+                   v_t.relation, v_t.key_column,
+                   v_t.key_operator_schema, v_t.key_operator, format_type(v_t.key_type, -1))
       into v_current
       using p_id;
     get diagnostics v_rows = row_count;

@@ -52,7 +52,7 @@ DOC_IDS = (
     "00000000-0000-4000-8000-000000000002",
     "00000000-0000-4000-8000-000000000003",
 )
-FAST_PATH_BRANCH = "update public.pgshield_u_docs as t"
+FAST_PATH_BRANCH = "public.pgshield_u_docs as t set"  # `update only` since 20261203170000
 
 Snapshot = dict[str, Any]
 
