@@ -742,6 +742,12 @@ begin
       errcode = '22023',
       message = 'p_path must be a flat array of at most 32 keys';
   end if;
+  if array_lower(p_path, 1) <> 1 then
+    raise exception using
+      errcode = '22023',
+      message = format('p_path must be numbered from 1, not from %s', array_lower(p_path, 1)),
+      hint = 'Send the keys as a JSON array (["a", "b"]) or a plain {a,b} literal.';
+  end if;
   if array_position(p_path, null) is not null then
     raise exception using
       errcode = '22023',
@@ -850,7 +856,7 @@ declare
   v_doc jsonb;
 begin
   if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
-     or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
+     or cardinality(p_path) > 32 or array_lower(p_path, 1) <> 1 or array_position(p_path, null) is not null then
     perform pgshield.jsonb_merge_check_args(p_id, p_patch, p_path);  -- raises the exact error
   end if;
   v_doc := pgshield.jsonb_merge_fast(p_id, p_patch, p_path, null, p_table);
@@ -882,7 +888,7 @@ declare
   v_doc jsonb;
 begin
   if p_id is null or p_patch is null or p_path is null or array_ndims(p_path) > 1
-     or cardinality(p_path) > 32 or array_position(p_path, null) is not null then
+     or cardinality(p_path) > 32 or array_lower(p_path, 1) <> 1 or array_position(p_path, null) is not null then
     perform pgshield.jsonb_merge_check_args(p_id, p_patch, p_path);  -- raises the exact error
   end if;
   if p_expected_hash is null or p_expected_hash !~ '^[0-9a-fA-F]{32}$' then

@@ -116,6 +116,18 @@ def test_bad_input_is_invalid_input_and_writes_nothing(
         with pytest.raises(InvalidInput) as info:
             shield.jsonb.merge(*args)  # type: ignore[arg-type]
         assert info.value.sqlstate == code, args
+    # PostgREST reads the JSON string "[0:0]={q1}" for a text[] argument as an array numbered
+    # from 0: refused for what it is, by both RPCs.
+    for call in (
+        "select public.merge_jsonb('assessments', '1', '{\"x\": 1}', '[0:0]={q1}')",
+        "select public.merge_jsonb_if('assessments', '1', '{\"x\": 1}',"
+        " pgshield.jsonb_hash('{\"s\": \"text\"}'), '[2:3]={a,b}')",
+    ):
+        with (
+            pytest.raises(psycopg.errors.InvalidParameterValue, match="numbered from 1"),
+            conn.transaction(),
+        ):
+            conn.execute(call)
     assert stored(conn) == {"s": "text"}
 
 
