@@ -284,3 +284,70 @@ def test_psycopg_counts_the_attempt_in_its_own_transaction(
         outcomes.append("wrong")
     shield.close()
     assert outcomes == ["wrong"] * 5 + ["denied"] * 2
+
+
+def test_an_unknown_policy_name_is_echoed_at_most_64_characters(
+    owner: psycopg.Connection,
+) -> None:
+    huge = "p" * 1_000_000
+    for call in (
+        "select public.check_rate_limit(%s)",
+        "select public.peek_check_rate_limit(%s)",
+        "select public.get_rate_limit_usage(p_policy => %s)",
+    ):
+        with (
+            pytest.raises(psycopg.errors.InvalidParameterValue) as refused,
+            act_as(owner, "authenticated", sub=ALICE) as c,
+        ):
+            c.execute(call, (huge,))
+        assert refused.value.diag.message_primary == f"p_policy: unknown policy '{'p' * 64}'"
+
+
+def test_a_huge_endpoint_multiplier_is_a_denial_not_an_overflow(
+    owner: psycopg.Connection,
+) -> None:
+    owner.execute(
+        "select public.define_rate_limit_policy('pgshield_t_costly', '{\"free\": {\"60\": 5}}',"
+        ' p_endpoint_costs => \'{"/big": 5000000000, "/huge": 1e30}\'::jsonb)'
+    )
+    answers = []
+    for endpoint, cost in (("/big", 1), ("/big", 2_000_000_000), ("/huge", 1)):
+        with act_as(owner, "authenticated", sub=ALICE) as c:
+            answers.append(
+                c.execute(
+                    "select allowed, retry_after_ms from public.check_rate_limit("
+                    "'pgshield_t_costly', %s, %s)",
+                    (cost, endpoint),
+                ).fetchone()
+            )
+    assert answers == [(False, -1)] * 3
+    used = owner.execute(
+        "select count(*) from pgshield.rate_limit_policy_state where policy = 'pgshield_t_costly'"
+    ).fetchone()
+    assert used == (0,)
+
+
+def test_recorded_usage_on_a_token_bucket_stays_in_range(owner: psycopg.Connection) -> None:
+    """A huge amount on a small token bucket is recorded (capped at 100 years), never 22008."""
+    owner.execute(
+        "select public.define_rate_limit_policy('pgshield_t_tokens', '{\"free\": {\"86400\": 10}}',"
+        " p_algorithm => 'token_bucket')"
+    )
+    with act_as(owner, "service_role") as c:
+        recorded = c.execute(
+            "select allowed, reset_at from public.record_rate_limit_usage("
+            "'pgshield_t_tokens', 'pgshield-t-heavy', 1100000000)"
+        ).fetchone()
+        key = c.execute(
+            "select reset_at from public.record_rate_limit_key_usage("
+            "'pgshield-t-heavy-key', 1, 2678400, 3500000, 'token_bucket')"
+        ).fetchone()
+    now = owner.execute("select pgshield.now()").fetchone()[0]  # type: ignore[index]
+    assert recorded is not None and key is not None
+    for reset_at in (recorded[1], key[0]):
+        years = (reset_at - now).days / 365.25
+        assert 99.9 < years <= 100.01, reset_at
+    # The subject is refused, and a client can read the answer.
+    with act_as(owner, "service_role") as c:
+        answer = Shield(c).rate_limits.check("pgshield_t_tokens", subject="pgshield-t-heavy")
+    assert not answer.allowed and answer.retry_after_ms == 2147483647

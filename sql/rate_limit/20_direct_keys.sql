@@ -16,7 +16,8 @@
 -- sliding_window: fits when prev * (w - elapsed) / w + count + cost <= limit,
 --                 computed exactly in integers.
 -- token_bucket:   GCRA, T = w / limit (truncated to 1e-15 us): fits when
---                 max(tat, now) + cost * T - now <= w; the new tat is that sum.
+--                 max(tat, now) + cost * T - now <= w; the new tat is that sum
+--                 (recorded usage: at most now + 100 years).
 --                 window_start holds the time of the row's last decision.
 -- "now" is never older than the row: max(p_now_us, the stored window's start
 -- or the last decision's time). A call that read the clock, then waited for
@@ -73,8 +74,11 @@ begin
     v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
     v_tat0 := greatest(case when p_state_algorithm = 'token_bucket' then p_tat end, p_now_us);
     if p_force then
+      -- Recorded usage moves tat at most 100 years ahead (a longer penalty is
+      -- that one): past it reset_at left the timestamp range (22008, nothing
+      -- recorded) or year 9999 (no client could read the answer).
       v_r.fits := true;
-      v_r.tat := greatest(v_tat0 + p_cost * v_t, p_now_us);
+      v_r.tat := least(greatest(v_tat0 + p_cost * v_t, p_now_us), p_now_us + 3155760000000000::numeric);
     else
       v_r.fits := p_cost <= p_limit and v_tat0 + p_cost * v_t - p_now_us <= v_w;
       v_r.tat := case when v_r.fits then v_tat0 + p_cost * v_t else v_tat0 end;

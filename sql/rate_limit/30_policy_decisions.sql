@@ -78,7 +78,9 @@ begin
       hint = 'sign in, or use a policy defined with p_allow_anonymous => true';
   end if;
   if v_policy.name is null then
-    raise exception using errcode = '22023', message = format('p_policy: unknown policy %L', p_policy),
+    -- A policy name has at most 63 characters: no more than 64 of a caller's
+    -- string is echoed.
+    raise exception using errcode = '22023', message = format('p_policy: unknown policy %L', left(p_policy, 64)),
       hint = 'list the policies with public.get_rate_limit_policies()';
   end if;
   return v_policy;
@@ -516,10 +518,12 @@ begin
    where e.policy = p_policy and e.endpoint = p_endpoint;
   if not found then
     raise exception using errcode = '22023',
-      message = format('p_endpoint: unknown endpoint %L for policy %L', left(p_endpoint, 256), p_policy),
+      message = format('p_endpoint: unknown endpoint %L for policy %L', left(p_endpoint, 256), left(p_policy, 64)),
       hint = 'omit p_endpoint, or add it with define_rate_limit_policy(p_endpoint_costs => ...)';
   end if;
-  return ceil(p_cost * v_multiplier)::bigint;
+  -- Any cost past the largest limit (an integer) never fits: a large
+  -- multiplier is a denial with retry_after_ms -1, never a bigint overflow.
+  return least(ceil(p_cost * v_multiplier), 2147483648)::bigint;
 end
 $$;
 
