@@ -10,9 +10,13 @@ the exact counts under many connections and on the real clock.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import psycopg
 import pytest
+
+from support import run_threads
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -87,3 +91,74 @@ def test_a_one_hour_window_trips_on_the_calls_in_it_and_forgets_older_ones(
     at(conn, 3600 + 60)
     answers = [outcome(conn, "pgshield_t_hour_old", "failure") for _ in range(4)]
     assert answers == [("closed", False)] * 3 + [("open", True)]
+
+
+def _step_trial(db: str, name: str, clients: int) -> None:
+    """Successes just before a 2 s step boundary, failures just after it, on the real clock."""
+    conns = [psycopg.connect(db, autocommit=True) for _ in range(clients)]
+    counted: list[tuple] = []
+    lock = threading.Lock()
+    try:
+        conns[0].execute(
+            "select public.configure_breaker(%s, null, p_failure_rate => 0.5,"
+            " p_min_calls => 10, p_open_ms => 600000, p_window_seconds => 120)",
+            (name,),
+        )
+        time.sleep((2 - time.time() % 2 - 0.5) % 2)  # 0.5 s before an epoch-aligned boundary
+        boundary = (time.time() // 2 + 1) * 2
+
+        def call(c: psycopg.Connection, outcome: str) -> None:
+            allowed, permit = c.execute(
+                "select allowed, permit from public.acquire_breaker(%s)", (name,)
+            ).fetchone()  # type: ignore[misc]
+            if allowed:
+                r = c.execute(
+                    "select state, changed, counted from public.release_breaker(%s, %s, %s)",
+                    (name, permit, outcome),
+                ).fetchone()
+                with lock:
+                    counted.append((outcome, *r, time.time()))  # type: ignore[misc]
+
+        def work(i: int, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            for _ in range(10):
+                call(conns[i], "success")
+            time.sleep(max(boundary - time.time() + 0.05, 0))
+            for _ in range(11):
+                call(conns[i], "failure")
+
+        run_threads(clients, work)
+        steps = (
+            conns[0]
+            .execute(
+                "select count(distinct second),"
+                " bool_and(extract(epoch from second)::bigint %% 2 = 0), sum(calls), sum(failures)"
+                " from pgshield.breaker_buckets where name = %s",
+                (name,),
+            )
+            .fetchone()
+        )
+    finally:
+        for c in conns:
+            c.close()
+    assert steps is not None
+    distinct, aligned, calls, failures = steps
+    successes = [r for r in counted if r[0] == "success" and r[3]]
+    failed = [r for r in counted if r[0] == "failure" and r[3]]
+    assert len(successes) == clients * 10 and max(r[4] for r in successes) < boundary, name
+    assert aligned and distinct == 2, (name, distinct)  # both steps are in the window
+    trips = [r for r in counted if r[2]]
+    assert len(trips) == 1 and trips[0][0] == "failure", name
+    # The trip comes at the failure that makes failures >= 50 % of the window's calls, summed
+    # over both steps, and nothing is counted after it.
+    assert (calls, failures) == (len(successes) + len(failed), len(failed)), name
+    assert len(failed) == len(successes), (name, calls, len(failed))
+
+
+@pytest.mark.slow
+def test_a_burst_across_a_step_boundary_on_the_real_clock_trips_exactly(db: str) -> None:
+    """16 backends on the real clock, a 120 s window counted in 2 s steps: successes in one
+    step, failures in the next; the trip sums both and comes exactly at 50 %, once. Three
+    trials."""
+    for trial in range(3):
+        _step_trial(db, f"pgshield_t_step_burst_{trial}", 16)
