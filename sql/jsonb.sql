@@ -798,7 +798,10 @@ begin
   end if;
 
   if p_expected_hash is not null then
-    execute format('select pgshield.jsonb_hash(t.%I) from %s%s as t where t.%I operator(%I.%s) $1::%s',
+    -- FOR UPDATE: the row as the caller may update it (row-level security
+    -- applies the UPDATE policies too), so a row it may only read is PT404
+    -- whatever its hash, never a PT409 whose retry could only end in PT404.
+    execute format('select pgshield.jsonb_hash(t.%I) from %s%s as t where t.%I operator(%I.%s) $1::%s for update',
                    v_t.column_name,
                    case when (select c.relkind from pg_class c where c.oid = v_t.relation) = 'r' then 'only ' else '' end,
                    v_t.relation, v_t.key_column,
@@ -806,8 +809,6 @@ begin
       into v_current
       using p_id;
     get diagnostics v_rows = row_count;
-    -- Seen with the expected hash but not updated: row-level security lets the
-    -- caller read the row but not update it (PT404 below).
     if v_rows > 0 and v_current <> p_expected_hash then
       raise exception using
         errcode = 'PT409',

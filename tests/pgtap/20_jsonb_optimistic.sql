@@ -3,7 +3,7 @@
 -- jsonb text form); otherwise PT409 (HTTP 409) and nothing is written.
 begin;
 \ir _helpers.psql
-select plan(19);
+select plan(20);
 
 create table public.pgshield_t_o_docs (id bigint primary key, doc jsonb);
 insert into public.pgshield_t_o_docs (id, doc) values (1, '{"v":1}'), (2, null);
@@ -71,6 +71,9 @@ select throws_ok(
 select throws_ok(
   $$select merge_jsonb_if('pgshield_t_o_shared', '2', '{"a":1}', pgshield.jsonb_hash('{}'))$$,
   'PT404', null, 'a row it may read but not update is PT404, never a retry-forever PT409');
+select throws_ok(
+  $$select merge_jsonb_if('pgshield_t_o_shared', '2', '{"a":1}', md5('stale'))$$,
+  'PT404', null, '... with a stale hash too: no PT409 whose retry could only be PT404');
 select pg_temp.act_as_owner();
 select is((select doc from public.pgshield_t_o_shared where id = 2), '{}'::jsonb,
           'the other user''s row was not changed');
