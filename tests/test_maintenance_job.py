@@ -111,9 +111,12 @@ def test_a_key_the_job_deleted_waits_for_one_step_not_for_the_job(
             result: list[tuple | None] = []
 
             def decide(key: str = key, result: list[tuple | None] = result) -> None:
+                # The time the decision got the row (after its lock wait), to attribute it to
+                # the step whose commit released it.
                 result.append(
                     decider.execute(
-                        "select allowed, remaining from public.increment_rate_limit(%s, 100, 60)",
+                        "select allowed, remaining, clock_timestamp()"
+                        " from public.increment_rate_limit(%s, 100, 60)",
                         (key,),
                     ).fetchone()
                 )
@@ -128,8 +131,16 @@ def test_a_key_the_job_deleted_waits_for_one_step_not_for_the_job(
                 blocked = runner.info.backend_pid in pids[0]  # type: ignore[index]
             thread.join(60)
             running = not job_done.is_set()
-            step = watcher.execute("select count(*) from pgshield.maintenance_runs").fetchone()
-            outcomes.append((key, blocked, running, step[0], result[0] if result else None))  # type: ignore[index]
+            decided = result[0] if result else None
+            # The step the decision finished in: steps that had started before it got the row.
+            # Step k started before (it held the row the decision waited for) and step k + 1
+            # starts a pause after step k's commit, which the decision waited for: exactly k
+            # for back-k, read from the runs' own times, however late this thread looks.
+            step = watcher.execute(
+                "select count(*) from pgshield.maintenance_runs where started_at <= %s",
+                (decided[2] if decided else None,),
+            ).fetchone()
+            outcomes.append((key, blocked, running, step[0], decided[:2] if decided else None))  # type: ignore[index]
         for t in threads:
             t.join(180)
     assert not errors, errors
