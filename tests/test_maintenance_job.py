@@ -61,7 +61,9 @@ def test_a_key_the_job_deleted_waits_for_one_step_not_for_the_job(
 
     def job(c: psycopg.Connection) -> None:
         try:
-            c.execute(job_command(c, "2 minutes", 1))
+            # Pauses three times as long as each step: the watcher (a Python thread among six,
+            # on two cores) is looking before the next step takes its key.
+            c.execute(job_command(c, "2 minutes", 3))
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
