@@ -287,19 +287,10 @@ grant execute on function pgshield.schedule_maintenance(text) to service_role;
 -- The job scheduled by an earlier release calls run_maintenance(): it now
 -- runs the command in steps. pg_cron lets only a job's owner (or a
 -- superuser) alter it; when that is someone else the warning says what to run.
--- A role without USAGE on schema cron (a non-superuser owner where a superuser
--- created pg_cron) can have no job of its own: nothing to change then (naming
--- cron.job would fail with 42501).
 do $$
 declare
   v_jobid bigint;
 begin
-  if to_regnamespace('cron') is null then
-    return;
-  end if;
-  if not has_schema_privilege('cron', 'usage') then
-    return;
-  end if;
   if to_regclass('cron.job') is null then
     return;
   end if;

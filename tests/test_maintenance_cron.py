@@ -21,7 +21,7 @@ import pytest
 from pgshield import Shield, ShieldError
 from pgshield.doctor import diagnose
 from pgshield.embedded import Cluster, find_bindir
-from pgshield.errors import SetupError
+from pgshield.errors import MigrationError, SetupError
 from pgshield.migrations import discover, migrate
 from pgshield.provision import prepare_database
 
@@ -170,12 +170,14 @@ def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster
     }
 
 
-def test_an_owner_without_usage_on_schema_cron_upgrades_cleans_up_and_is_told_the_grant() -> None:
+def test_an_owner_without_usage_on_schema_cron_cleans_up_and_is_told_the_grant() -> None:
     """A superuser created pg_cron; the pack's non-superuser owner may not use schema cron.
 
-    Self-hosted Postgres with an application owner role: the upgrade applies, the cleanup runs
-    without a failed task, the status and the doctor say why there is no job, scheduling answers
-    42501 with the grant in its hint, and after that grant the job can be scheduled.
+    Self-hosted Postgres with an application owner role. The released migration
+    20261203090000 names cron.job, so it needs USAGE while it applies (without it: 42501, and
+    nothing of it is applied); with the grant revoked again the cleanup runs without a failed
+    task, the status and the doctor say why there is no job, scheduling answers 42501 with the
+    grant in its hint, and after that grant the job can be scheduled.
     """
     cluster = _cluster_or_skip()
     owner_role = "supabase_postgres"  # the compat stub's non-superuser owner
@@ -197,10 +199,19 @@ def test_an_owner_without_usage_on_schema_cron_upgrades_cleans_up_and_is_told_th
         earlier = [m for m in everything if m.version < "20261203090000"]
         with psycopg.connect(owner, autocommit=True) as conn:
             migrate(conn, migrations=earlier)
+            with pytest.raises(MigrationError, match="permission denied for schema cron") as stop:
+                migrate(conn, migrations=everything)
+            assert "20261203090000_commit_maintenance_in_steps.sql" in str(stop.value)
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute(f"grant usage on schema cron to {owner_role}")
+        with psycopg.connect(owner, autocommit=True) as conn:
             applied = migrate(conn, migrations=everything)
             assert [m.filename for m in applied] == [
                 m.filename for m in everything if m not in earlier
             ]
+        with psycopg.connect(su, autocommit=True) as conn:
+            conn.execute(f"revoke usage on schema cron from {owner_role}")
+        with psycopg.connect(owner, autocommit=True) as conn:
             run = conn.execute("select pgshield.run_maintenance('2 seconds')").fetchone()[0]  # type: ignore[index]
             failed = [t for t in run["tasks"] if t["status"] == "failed"]
             assert not failed, failed
