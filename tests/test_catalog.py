@@ -134,6 +134,38 @@ def test_sql_and_migrations_build_the_same_catalog(two_builds: tuple[str, str]) 
     assert differences(a, b) == []
 
 
+# Entry points called with default arguments on the request path: each call a client plans anew
+# (no prepared statements) reads pg_proc.proargdefaults, and a compressed value is decompressed
+# every time. A grant after the function is created leaves it compressed; both builds create
+# increment_rate_limit again after its grants.
+HOT_WITH_DEFAULTS = (
+    "public.increment_rate_limit(text, integer, integer, integer, text)",
+    "public.check_rate_limit(text, integer, text, text)",
+    "public.peek_check_rate_limit(text, integer, text, text)",
+    "public.peek_rate_limit(text, integer, integer, integer, text)",
+)
+
+
+def test_hot_entry_points_keep_their_defaults_uncompressed(two_builds: tuple[str, str]) -> None:
+    for dsn in two_builds:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "select p.oid::regprocedure::text, pg_column_compression(p.proargdefaults),"
+                " p.proacl::text[], p.proconfig, p.prosecdef"
+                " from unnest(%s::text[]) f(sig) join pg_proc p on p.oid = f.sig::regprocedure",
+                (list(HOT_WITH_DEFAULTS),),
+            ).fetchall()
+            assert len(rows) == len(HOT_WITH_DEFAULTS)
+            assert [(r[0], r[1]) for r in rows if r[1] is not None] == []
+            inc = next(r for r in rows if r[0].startswith("increment_rate_limit"))
+            # Created again from its own definition: the grants and settings are the ones it had.
+            assert sorted(a.split("=")[0] for a in inc[2]) == ["postgres", "service_role"]
+            assert inc[3] == ["search_path=pg_catalog, pg_temp"] and inc[4] is True
+            assert conn.execute(
+                "select allowed, cost, algorithm from public.increment_rate_limit('k', 5, 60)"
+            ).fetchone() == (True, 1, "fixed_window")
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -452,6 +452,18 @@ revoke all on function public.increment_rate_limit(text, integer, integer, integ
   from public, anon, authenticated, service_role;
 grant execute on function public.increment_rate_limit(text, integer, integer, integer, text) to service_role;
 
+-- A grant rewrites the function's catalog row and leaves its default
+-- arguments compressed, which every call that relies on them (planned anew:
+-- clients without prepared statements) pays to decompress. Created again
+-- from its own definition, after the grants, the row is written whole and
+-- they stay uncompressed; the grants stay.
+do $$
+begin
+  execute pg_catalog.pg_get_functiondef(
+    'public.increment_rate_limit(text, integer, integer, integer, text)'::pg_catalog.regprocedure);
+end
+$$;
+
 -- What increment_rate_limit would answer now, without consuming or counting.
 -- Callers: service_role. Errors: 22023 bad key, limit, window, cost or algorithm.
 create or replace function public.peek_rate_limit(
