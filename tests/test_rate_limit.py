@@ -152,6 +152,44 @@ def test_policy_decisions(shield: Shield) -> None:
     assert shield.rate_limits.drop_policy("t-api") is True
 
 
+def test_a_policy_counts_its_tiers_and_one_tier_decides_every_subject(
+    shield: Shield, conn: psycopg.Connection
+) -> None:
+    """A policy with one tier is decided without the subject's tier (rate_limit_policies.tiers)."""
+
+    def tiers() -> int:
+        return conn.execute(
+            "select tiers from pgshield.rate_limit_policies where name = 't-tiers'"
+        ).fetchone()[0]
+
+    shield.rate_limits.define_policy("t-tiers-pro", {"pro": {"minute": 10}}, default_tier="pro")
+    shield.rate_limits.define_policy("t-tiers", {"free": {"minute": 3}}, default_tier="free")
+    assert tiers() == 1
+    assert shield.rate_limits.set_tier("carol", "pro") == "pro"
+    d = shield.rate_limits.check("t-tiers", subject="carol")
+    assert (d.tier, d.limit, d.remaining) == ("free", 3, 2)
+
+    shield.rate_limits.define_policy(
+        "t-tiers", {"free": {"minute": 3}, "pro": {"minute": 10}}, default_tier="free"
+    )
+    assert tiers() == 2
+    d = shield.rate_limits.check("t-tiers", subject="carol")
+    assert (d.tier, d.limit, d.remaining) == ("pro", 10, 8)
+    assert shield.rate_limits.check("t-tiers", subject="dave").tier == "free"
+
+    shield.rate_limits.define_policy("t-tiers", {"free": {"minute": 3}}, default_tier="free")
+    assert tiers() == 1
+    d = shield.rate_limits.check("t-tiers", subject="carol")
+    assert (d.tier, d.limit) == ("free", 3)
+    # Every policy's count is its number of tiers with windows.
+    wrong = conn.execute(
+        "select p.name, p.tiers, count(t.tier) from pgshield.rate_limit_policies p"
+        " left join pgshield.rate_limit_policy_tiers t on t.policy = p.name"
+        " group by p.name, p.tiers having p.tiers <> greatest(count(t.tier), 1)"
+    ).fetchall()
+    assert wrong == []
+
+
 def test_roles(shield: Shield, conn: psycopg.Connection) -> None:
     with act_as(conn, "authenticated", sub=ALICE), pytest.raises(NotAllowed):
         shield.rate_limits.hit("k", limit=1, window=60, conn=conn)

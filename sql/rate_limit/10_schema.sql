@@ -89,7 +89,9 @@ create table if not exists pgshield.rate_limit_policies (
   description text,
   allowed_counter regclass not null,
   denied_counter regclass not null,
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- the number of tiers with windows (kept by rate_limit_policy_tier_refresh)
+  tiers integer not null default 1
 );
 comment on table pgshield.rate_limit_policies is
   'Rate limit policies. Edit with public.define_rate_limit_policy().';

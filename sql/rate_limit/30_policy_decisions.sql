@@ -4,6 +4,7 @@
 -- windows (deletes it when the tier has none left): the windows in order,
 -- and the fixed parts of the answers about them (docs/data_api_guard.md has
 -- the header formats).
+-- Keeps the policy's count of tiers (rate_limit_policies.tiers) with it.
 -- Callers: the trigger below. Errors: none.
 create or replace function pgshield.rate_limit_policy_tier_refresh(p_policy text, p_tier text) returns void
 language plpgsql volatile
@@ -27,6 +28,12 @@ begin
     join pgshield.rate_limit_policies p on p.name = w.policy
    where w.policy = p_policy and w.tier = p_tier
    group by w.policy, w.tier;
+  -- How many tiers the policy has: with one, a decision does not look up
+  -- the subject's tier (rate_limit_decide).
+  update pgshield.rate_limit_policies p set tiers = c.n
+    from (select greatest(count(*), 1)::integer as n
+            from pgshield.rate_limit_policy_tiers t where t.policy = p_policy) c
+   where p.name = p_policy and p.tiers <> c.n;
 end
 $$;
 
@@ -217,20 +224,37 @@ declare
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
   v_u bigint; v_r bigint; v_exp bigint; v_bind_r bigint; v_rem bigint;
 begin
-  select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
-         s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
-         coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
-                  clock_timestamp())
-    into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
-         v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
-    from pgshield.rate_limit_policy_tiers t
-    left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
-   where t.policy = p_policy.name
-     and t.tier = coalesce((select st.tier from pgshield.rate_limit_subject_tiers st
-                             where st.subject = p_subject
-                               and exists (select 1 from pgshield.rate_limit_policy_tiers t2
-                                            where t2.policy = p_policy.name and t2.tier = st.tier)),
-                           p_policy.default_tier);
+  -- The tier's windows, the stored row and the clock in one read. A policy
+  -- with one tier decides every subject under it, whatever tier the
+  -- subject has: the subject's tier is looked up only when there is a
+  -- choice (each part of a statement costs again in every transaction).
+  if p_policy.tiers = 1 then
+    select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
+           s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
+           coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                    clock_timestamp())
+      into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
+           v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
+      from pgshield.rate_limit_policy_tiers t
+      left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
+     where t.policy = p_policy.name
+       and t.tier = p_policy.default_tier;
+  else
+    select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
+           s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
+           coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                    clock_timestamp())
+      into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
+           v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
+      from pgshield.rate_limit_policy_tiers t
+      left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
+     where t.policy = p_policy.name
+       and t.tier = coalesce((select st.tier from pgshield.rate_limit_subject_tiers st
+                               where st.subject = p_subject
+                                 and exists (select 1 from pgshield.rate_limit_policy_tiers t2
+                                              where t2.policy = p_policy.name and t2.tier = st.tier)),
+                             p_policy.default_tier);
+  end if;
   if v_ws is null then
     raise exception using errcode = '22023',
       message = format('p_policy: policy %L has no windows for its default tier %L',
