@@ -174,7 +174,7 @@ begin
   v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
     case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end
     || case when current_setting('transaction_read_only') = 'on' then '_peek' else '' end);
-  if v_res.allowed then
+  if v_res is null or v_res.allowed then  -- null: allowed (the decision builds no result)
     return;
   end if;
   -- PostgREST's form: a JSON message (the body) and a JSON detail (status

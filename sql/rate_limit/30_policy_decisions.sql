@@ -174,7 +174,7 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 --     of cost 1.
 --   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard.
 --     Allowed: the RateLimit and RateLimit-Policy headers are appended to
---     response.headers, windows is null. Denied: windows is the object of
+--     response.headers, and the result is null (the guard needs no more). Denied: windows is the object of
 --     headers (with Retry-After when a wait can help) for the 429.
 --   p_mode 'guard_silent', 'guard_silent_peek': the same, sending no headers
 --     when allowed.
@@ -504,9 +504,9 @@ begin
                    || v_json::jsonb)::text;
       end if;
       v_sent := set_config('response.headers', v_json, true);
-      v_json := null;
+      return null;  -- allowed: the guard needs nothing more (no result row to build)
     else
-      v_json := null;
+      return null;
     end if;
   else
     v_json := v_json || ']';
