@@ -174,8 +174,9 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 --     of cost 1.
 --   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard.
 --     Allowed: the RateLimit and RateLimit-Policy headers are appended to
---     response.headers, and the result is null (the guard needs no more). Denied: windows is the object of
---     headers (with Retry-After when a wait can help) for the 429.
+--     response.headers, and the result is null (the guard needs no more).
+--     Denied: windows is the object of headers (with Retry-After when a wait
+--     can help) for the 429.
 --   p_mode 'guard_silent', 'guard_silent_peek': the same, sending no headers
 --     when allowed.
 -- Stored windows are matched to the tier's windows by length; state written
