@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ from pgshield.migrations import (
     status,
 )
 from pgshield.resources import MODULE_ORDER, migrations_dir, sql_dir
+from support import Backend
 
 PGSHIELD = [sys.executable, "-m", "pgshield.cli"]
 
@@ -252,3 +254,32 @@ def test_export_copies_skips_identical_and_refuses_foreign_files(tmp_path: Path)
     assert result.output.startswith("Error: ") and clash.name in result.output
     assert sorted(p.name for p in other.iterdir()) == [clash.name], "nothing else was written"
     assert clash.read_text() == "-- the user's own, different file\n"
+
+
+def test_plain_postgres_is_refused_before_anything_then_takes_the_compat_stub(
+    backend: Backend,
+) -> None:
+    # A database without Supabase's auth schema: the runner says what is missing before it
+    # applies anything (it used to stop at the teams migration, half installed).
+    name = f"pgshield_t_plain_{uuid.uuid4().hex[:8]}"
+    dsn = backend.create(name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(MigrationError) as caught:
+                migrate(conn)
+            assert "table auth.users" in str(caught.value)
+            assert "function auth.uid()" in str(caught.value)
+            assert "--with-compat" in (caught.value.hint or "")
+            left = conn.execute(
+                "select to_regnamespace('pgshield'), to_regnamespace('supabase_migrations')"
+            ).fetchone()
+            assert left == (None, None)
+        refused = CliRunner().invoke(main, ["migrate", "--dsn", dsn])
+        assert refused.exit_code == 1
+        assert refused.output.startswith("Error: this database lacks"), refused.output
+        done = CliRunner().invoke(main, ["migrate", "--with-compat", "--dsn", dsn])
+        assert done.exit_code == 0, done.output
+        with psycopg.connect(dsn) as conn:
+            assert [s.migration.filename for s in status(conn) if not s.applied] == []
+    finally:
+        backend.drop(name)

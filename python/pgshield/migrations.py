@@ -213,6 +213,7 @@ def migrate(
         raise MigrationError("migrate() needs a connection in autocommit mode")
     pending = [s.migration for s in states if not s.applied]
     if pending:
+        _refuse_missing_platform(conn)
         _refuse_foreign_types(conn, pending)
     applied: list[Migration] = []
     for migration in (s.migration for s in states if not s.applied):
@@ -245,6 +246,36 @@ def migrate(
 
 
 _CREATE_TYPE = re.compile(r"\bcreate\s+type\s+(public\.[a-z_][a-z0-9_]*)", re.IGNORECASE)
+
+
+# What the migrations use from a Supabase database, as (kind, name, whether it is there).
+_PLATFORM_SQL = """
+select x.what, x.present from (values
+  ('role anon', to_regrole('anon') is not null),
+  ('role authenticated', to_regrole('authenticated') is not null),
+  ('role service_role', to_regrole('service_role') is not null),
+  ('role authenticator', to_regrole('authenticator') is not null),
+  ('table auth.users', to_regclass('auth.users') is not null),
+  ('function auth.uid()', to_regprocedure('auth.uid()') is not null)
+) x(what, present)
+"""
+
+
+def _refuse_missing_platform(conn: psycopg.Connection) -> None:
+    """Refuse to start on a database without what Supabase provides (nothing applied yet).
+
+    On plain Postgres the migrations would otherwise stop part way (the teams module needs
+    ``auth.users``), leaving a half-installed pack. ``pgshield migrate --with-compat`` applies the
+    compat stub that stands in for them.
+    """
+    rows = conn.execute(_PLATFORM_SQL).fetchall()
+    missing = [what for what, present in rows if not present]
+    if missing:
+        raise MigrationError(
+            "this database lacks what Supabase provides and the pack uses: " + ", ".join(missing),
+            hint="on plain Postgres (not a Supabase project) add --with-compat, which applies"
+            " pgshield's Supabase compat stub first",
+        )
 
 
 def _refuse_foreign_types(conn: psycopg.Connection, pending: list[Migration]) -> None:

@@ -17,7 +17,7 @@ from pgshield.migrations import export as export_migrations
 from pgshield.migrations import migrate as run_migrations
 from pgshield.migrations import status as migration_status
 from pgshield.modules import MODULES, load
-from pgshield.resources import release_of
+from pgshield.resources import compat_sql, release_of
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -41,15 +41,23 @@ main.add_command(load("pgshield.cli.maintenance:metrics"))  # type: ignore[arg-t
 @main.command()
 @dsn_option
 @click.option("--dry-run", is_flag=True, help="Print what would run; change nothing.")
+@click.option(
+    "--with-compat",
+    is_flag=True,
+    help="Plain Postgres only: first apply the stub of what Supabase provides (roles anon,"
+    " authenticated, service_role, authenticator; auth.users, auth.uid()). Refused on Supabase.",
+)
 @json_option
 @expected_errors
-def migrate(dsn: str | None, dry_run: bool, as_json: bool) -> None:
+def migrate(dsn: str | None, dry_run: bool, with_compat: bool, as_json: bool) -> None:
     """Apply the pack's pending migrations, each in its own transaction.
 
     Example: pgshield migrate --dsn "$DATABASE_URL" --dry-run
     """
     dsn = resolve_dsn(dsn, apply_migrations=False)
     with connect(dsn, timeout=10) as conn:
+        if with_compat and not dry_run:
+            conn.execute(compat_sql())
         before = installed_version(conn)
         shown = not as_json and not dry_run
 
@@ -153,7 +161,11 @@ def doctor(dsn: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@dsn_option
+@click.option(
+    "--dsn",
+    help="Run the tour against this database instead (it creates the tour's objects there)."
+    " Default: a throw-away embedded cluster; $PGSHIELD_DSN and $DATABASE_URL are not used.",
+)
 @expected_errors
 def demo(dsn: str | None) -> None:
     """A short tour of every module on a throw-away embedded database.
