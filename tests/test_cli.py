@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import pgshield
 from pgshield.cli import main
 from pgshield.doctor import cron_status, diagnose
+from support import as_user
 
 
 def all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -78,6 +79,32 @@ def test_doctor_on_a_database_without_the_pack(bare_db: str) -> None:
     }
     assert checks["pack"]["status"] == "missing"
     assert "pending" in checks["migrations"]["detail"]
+
+
+LOWLY = "pgshield_t_lowly"
+
+
+def test_a_role_that_may_not_use_the_schema_is_told_which_role_to_use(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            f"do $$ begin if not exists (select 1 from pg_roles where rolname = '{LOWLY}')"
+            f" then create role {LOWLY} login; end if; end $$"
+        )
+    lowly = as_user(db, LOWLY)
+    # doctor reports it as a check (it used to end in a traceback), and stops there
+    result = CliRunner().invoke(main, ["doctor", "--dsn", lowly, "--json"])
+    assert result.exit_code == 0, result.output
+    checks = {c["check"]: c for c in json.loads(result.output)}
+    assert checks["pack"]["status"] == "missing"
+    assert f"role {LOWLY} may not use schema pgshield" in checks["pack"]["detail"]
+    assert "postgres on Supabase" in checks["pack"]["detail"]
+    assert "migrations" not in checks
+    # any other command: one line, with the same hint
+    result = CliRunner().invoke(main, ["guard", "status", "--dsn", lowly])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: permission denied for schema pgshield"), result.output
+    assert "(hint: connect as the role that applied the migrations" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_demo_on_an_existing_database(db: str) -> None:

@@ -8,7 +8,7 @@ import psycopg
 from psycopg import conninfo
 
 from pgshield.client import connect
-from pgshield.errors import ShieldError
+from pgshield.errors import SCHEMA_HINT, ShieldError
 from pgshield.migrations import status as migration_status
 
 
@@ -71,6 +71,14 @@ def diagnose(dsn: str) -> list[dict[str, Any]]:
     with connect(dsn, timeout=10) as conn:
         server = conn.execute("show server_version").fetchone()
         add("connection", True, f"PostgreSQL {server[0] if server else '?'}")
+        access = conn.execute(
+            "select n.oid is not null, coalesce(has_schema_privilege(n.oid, 'usage'), false),"
+            " current_user from (select) x left join pg_namespace n on n.nspname = 'pgshield'"
+        ).fetchone()
+        if access is not None and access[0] and not access[1]:
+            # Every later check reads the pack's schema: stop at the one that says why not.
+            add("pack", False, f"role {access[2]} may not use schema pgshield: {SCHEMA_HINT}")
+            return checks
         installed = conn.execute(
             "select to_regprocedure('pgshield.version()') is not null"
         ).fetchone()

@@ -89,5 +89,11 @@ def translate(exc: psycopg.Error) -> ShieldError:
     return cls(message, sqlstate=exc.sqlstate, hint=diag.message_hint)
 
 
+# For a role without USAGE on the pack's schema (any pack call from it fails so).
+SCHEMA_HINT = (
+    "connect as the role that applied the migrations (postgres on Supabase) or as service_role"
+)
+
+
 def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())

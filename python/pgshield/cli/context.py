@@ -8,8 +8,9 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
-from pgshield.errors import ShieldError
+from pgshield.errors import SCHEMA_HINT, NotAllowed, ShieldError, translate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,14 +38,26 @@ def resolve_dsn(dsn: str | None, *, apply_migrations: bool = True) -> str:
     return prepare_cluster(cluster, apply_migrations=apply_migrations)
 
 
+def one_line(exc: ShieldError | psycopg.Error) -> str:
+    """The error as one line; a role that may not use schema pgshield is told which to use."""
+    err = translate(exc) if isinstance(exc, psycopg.Error) else exc
+    if (
+        isinstance(err, NotAllowed)
+        and err.hint is None
+        and "permission denied for schema pgshield" in str(err)
+    ):
+        err.hint = SCHEMA_HINT
+    return str(err)
+
+
 def expected_errors(func: F) -> F:
-    """Print ShieldErrors as one ``Error: ...`` line and exit 1, without a traceback."""
+    """Print database and pgshield errors as one ``Error: ...`` line and exit 1, no traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ShieldError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except (ShieldError, psycopg.Error) as exc:
+            raise click.ClickException(one_line(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
