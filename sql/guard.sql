@@ -383,7 +383,7 @@ begin
     raise exception using errcode = '42501', message = 'only service_role may read the guard status';
   end if;
   return (select jsonb_build_object(
-            'installed', v_hook = 'pgshield.request_guard',
+            'installed', coalesce(v_hook = 'pgshield.request_guard', false),
             'pre_request', v_hook,
             'chained_function', o.chained_function,
             'allowed_headers', o.allowed_headers,

@@ -314,6 +314,8 @@ def test_cli_guard_commands(owner: psycopg.Connection, db: str) -> None:
     status = json.loads(runner.invoke(main, ["guard", "status", "--json", "--dsn", db]).output)
     assert status["rules"] == 2
     assert runner.invoke(main, ["guard", "remove", "--dsn", db]).exit_code == 0
+    removed = json.loads(runner.invoke(main, ["guard", "status", "--json", "--dsn", db]).output)
+    assert removed["installed"] is False and removed["pre_request"] is None
     dropped = runner.invoke(main, ["guard", "drop-rule", str(listed[1]["id"]), "--dsn", db])
     assert dropped.exit_code == 0 and "dropped" in dropped.output
     missing = runner.invoke(main, ["guard", "drop-rule", "999999", "--dsn", db])
