@@ -74,7 +74,8 @@ def show(name: str, dsn: str | None, as_json: bool) -> None:
 @click.option("--open-ms", type=click.IntRange(min=1), default=30000, show_default=True)
 @click.option("--backoff", "backoff_factor", type=click.FloatRange(1, 10), default=1.0,
               show_default=True, help="Each consecutive open lasts this much longer.")  # fmt: skip
-@click.option("--max-open-ms", type=click.IntRange(min=1), help="Cap of the backoff.")
+@click.option("--max-open-ms", type=click.IntRange(min=1),
+              help="Cap of the backoff (default: --open-ms; set it with --backoff).")  # fmt: skip
 @click.option("--permits", "half_open_permits", type=click.IntRange(min=1), default=1,
               show_default=True, help="Trial calls in half-open.")  # fmt: skip
 @click.option("--lease-ms", type=click.IntRange(min=1), default=30000, show_default=True)
@@ -103,6 +104,7 @@ def configure(
     """Create a breaker or replace its settings (its state is kept).
 
     Example: pgshield breaker configure openai --failure-threshold 5 --open-ms 30000 --backoff 2
+    --max-open-ms 300000
     """
     with Shield(resolve_dsn(dsn)) as shield:
         config = shield.breakers.configure(
