@@ -111,6 +111,12 @@ create table if not exists pgshield.team_members (
   updated_at timestamptz not null default now(),
   primary key (team_id, user_id)
 );
+-- How the member joined: 'created' the team, accepted an 'invitation', was
+-- added by a trusted caller ('service'), or 'added' by a team admin without
+-- being asked. Only the last never agreed to join, and the team is not shown
+-- such a member's email (team_member_json).
+alter table pgshield.team_members add column if not exists joined_via text not null default 'added'
+  constraint team_members_joined_via_check check (joined_via in ('created', 'invitation', 'service', 'added'));
 comment on table pgshield.team_members is
   'Team memberships: role and per-member permission overrides.';
 alter table pgshield.team_members enable row level security;
@@ -511,14 +517,20 @@ $$;
 
 revoke all on function pgshield.team_json(pgshield.teams) from public, anon, authenticated, service_role;
 
--- A membership, with the member's email and effective permissions.
+-- A membership, with the member's email and effective permissions. The
+-- email of a member an admin added without asking ('added') is shown only to
+-- that member and to trusted callers: an admin cannot learn any user's
+-- address by adding their id; everyone else joined by their own act.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.team_member_json(p_member pgshield.team_members) returns jsonb
 language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
   select jsonb_build_object('team_id', p_member.team_id, 'user_id', p_member.user_id,
-                            'email', (select u.email from auth.users u where u.id = p_member.user_id),
+                            'email', case when p_member.joined_via <> 'added'
+                                            or p_member.user_id = auth.uid()
+                                            or pgshield.caller_is_trusted()
+                                          then (select u.email from auth.users u where u.id = p_member.user_id) end,
                             'role', p_member.role,
                             'permissions', pgshield.team_effective_permissions(p_member.role, p_member.extra_permissions),
                             'extra_permissions', p_member.extra_permissions,
@@ -661,8 +673,9 @@ begin
     raise exception using errcode = '23505', message = format('the team slug %L is taken', v_slug),
       hint = 'choose another slug';
   end;
-  insert into pgshield.team_members (team_id, user_id, role, granted_by, created_at, updated_at)
-  values (v_team.id, v_owner, 'owner', v_actor, v_now, v_now);
+  insert into pgshield.team_members (team_id, user_id, role, granted_by, created_at, updated_at, joined_via)
+  values (v_team.id, v_owner, 'owner', v_actor, v_now, v_now,
+          case when v_actor is null then 'service' else 'created' end);
   perform pgshield.team_audit_write(v_team.id, 'create_team', 'ok', v_owner, null, null,
                                     jsonb_build_object('slug', v_slug, 'name', v_name));
   return pgshield.team_json(v_team);
@@ -848,8 +861,10 @@ begin
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
   perform pgshield.team_user(p_user_id, 'p_user_id');
   perform pgshield.team_check_grant(v_guard.o_slug, v_guard.o_rank, v_guard.o_permissions, v_role, v_extra, null);
-  insert into pgshield.team_members (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at)
-  values (p_team_id, p_user_id, v_role, v_extra, v_actor, v_now, v_now)
+  insert into pgshield.team_members
+    (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at, joined_via)
+  values (p_team_id, p_user_id, v_role, v_extra, v_actor, v_now, v_now,
+          case when v_actor is null then 'service' else 'added' end)
   on conflict (team_id, user_id) do nothing
   returning * into v_member;
   if v_member.user_id is null then
@@ -1120,8 +1135,10 @@ begin
         hint = 'ask a team admin for a new invitation';
     end if;
   end if;
-  insert into pgshield.team_members (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at)
-  values (v_inv.team_id, v_actor, v_inv.role, v_inv.extra_permissions, v_inv.invited_by, v_now, v_now)
+  insert into pgshield.team_members
+    (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at, joined_via)
+  values (v_inv.team_id, v_actor, v_inv.role, v_inv.extra_permissions, v_inv.invited_by, v_now, v_now,
+          'invitation')
   on conflict (team_id, user_id) do nothing
   returning * into v_member;
   if v_member.user_id is null then

@@ -172,3 +172,42 @@ def test_my_teams_show_only_name_where_i_may_not_read(owner: psycopg.Connection)
     with act_as(owner, "authenticated", sub=ANN) as c:
         [full] = c.execute("select public.list_my_teams()").fetchone()[0]  # type: ignore[index]
     assert full["billing_email"] == "billing@acme.test"
+
+
+def test_an_admin_cannot_learn_a_users_email_by_adding_their_id(owner: psycopg.Connection) -> None:  # noqa: F811
+    # Anyone signed in is an admin of a team they create; adding a user id there must not
+    # answer with that user's address. A member who joined by their own act is shown.
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        team = c.execute(
+            "select public.create_team_with_owner('Mine', 'pgshield-t-oracle')"
+        ).fetchone()[0]["id"]  # type: ignore[index]
+        added = c.execute(
+            "select public.add_team_member(%s, %s, 'viewer')", (team, BOB)
+        ).fetchone()[0]  # type: ignore[index]
+        invitation = c.execute(
+            "select public.create_team_invitation(%s, 'viewer')", (team,)
+        ).fetchone()[0]  # type: ignore[index]
+    assert added["user_id"] == str(BOB) and added["email"] is None
+    with act_as(owner, "authenticated", sub=CID) as c:
+        joined = c.execute(
+            "select public.accept_team_invitation(%s)", (invitation["token"],)
+        ).fetchone()[0]  # type: ignore[index]
+    assert joined["email"] == "cid@example.com"
+
+    def emails(role: str, sub: object = None) -> dict[str, str | None]:
+        with act_as(owner, role, sub=sub) as c:
+            members = c.execute("select public.list_team_members(%s)", (team,)).fetchone()[0]  # type: ignore[index]
+        return {m["user_id"]: m["email"] for m in members}
+
+    assert emails("authenticated", ANN) == {
+        str(ANN): "ann@example.com",  # created the team
+        str(BOB): None,  # added unasked
+        str(CID): "cid@example.com",  # accepted an invitation
+    }
+    assert emails("authenticated", BOB)[str(BOB)] == "bob@example.com"  # oneself
+    assert emails("service_role")[str(BOB)] == "bob@example.com"
+    recorded = owner.execute(
+        "select user_id::text, joined_via from pgshield.team_members where team_id = %s",
+        (team,),
+    ).fetchall()
+    assert dict(recorded) == {str(ANN): "created", str(BOB): "added", str(CID): "invitation"}
