@@ -113,6 +113,9 @@ def test_roles_members_and_invitations_through_the_client(
         assert cid.teams.update(team.id, name="Acme 2").name == "Acme 2"
         with pytest.raises(Conflict, match="must keep an owner"):
             ann.teams.leave(team.id)
+        with pytest.raises(NotAllowed, match="unasked"):
+            ann.teams.transfer_ownership(team.id, BOB)  # added, never asked
+        bob.teams.accept(ann.teams.invite(team.id, "admin").token)  # now bob agreed
         owners = ann.teams.transfer_ownership(team.id, BOB)
         assert [m.user_id for m in owners] == [BOB]
         assert ann.teams.leave(team.id).removed

@@ -211,3 +211,56 @@ def test_an_admin_cannot_learn_a_users_email_by_adding_their_id(owner: psycopg.C
         (team,),
     ).fetchall()
     assert dict(recorded) == {str(ANN): "created", str(BOB): "added", str(CID): "invitation"}
+
+
+def test_nobody_is_made_owner_unasked(owner: psycopg.Connection) -> None:  # noqa: F811
+    # An owner cannot be deleted from auth while they are a team's last owner: a user who made
+    # a stranger owner and left would block that account's deletion. Each way in is refused,
+    # writes nothing but its denied audit row, and the stranger's consent opens it.
+    with act_as(owner, "authenticated", sub=ANN) as c:
+        team = c.execute(
+            "select public.create_team_with_owner('Plant', 'pgshield-t-plant')"
+        ).fetchone()[0]["id"]  # type: ignore[index]
+        as_owner = c.execute(
+            "select public.add_team_member(%s, %s, 'owner')", (team, BOB)
+        ).fetchone()[0]  # type: ignore[index]
+        c.execute("select public.add_team_member(%s, %s, 'admin')", (team, BOB))
+        promoted = c.execute(
+            "select public.set_team_member_role(%s, %s, 'owner')", (team, BOB)
+        ).fetchone()[0]  # type: ignore[index]
+        transferred = c.execute(
+            "select public.transfer_team_ownership(%s, %s)", (team, BOB)
+        ).fetchone()[0]  # type: ignore[index]
+        invitation = c.execute(
+            "select public.create_team_invitation(%s, 'owner')", (team,)
+        ).fetchone()[0]  # type: ignore[index]
+    for answer in (as_owner, promoted, transferred):
+        assert answer["code"] == "42501" and "unasked" in answer["message"], answer
+
+    def roles() -> dict[str, tuple[str, str]]:
+        rows = owner.execute(
+            "select user_id::text, role, joined_via from pgshield.team_members where team_id = %s",
+            (team,),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    assert roles() == {str(ANN): ("owner", "created"), str(BOB): ("admin", "added")}
+    denied = owner.execute(
+        "select action from pgshield.team_audit where team_id = %s and outcome = 'denied'"
+        " order by id",
+        (team,),
+    ).fetchall()
+    assert [d[0] for d in denied] == ["add_member", "set_member_role", "transfer_ownership"]
+    with act_as(owner, "authenticated", sub=BOB) as c:
+        joined = c.execute(
+            "select public.accept_team_invitation(%s)", (invitation["token"],)
+        ).fetchone()[0]  # type: ignore[index]
+    assert joined["role"] == "owner" and joined["email"] == "bob@example.com"
+    assert roles() == {str(ANN): ("owner", "created"), str(BOB): ("owner", "invitation")}
+    # A trusted caller (the project's server) still adds owners directly.
+    with act_as(owner, "service_role") as c:
+        added = c.execute("select public.add_team_member(%s, %s, 'owner')", (team, CID)).fetchone()[
+            0
+        ]  # type: ignore[index]
+    assert added["role"] == "owner"
+    assert roles()[str(CID)] == ("owner", "service")

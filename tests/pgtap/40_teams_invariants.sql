@@ -1,7 +1,7 @@
 -- teams: a team never has zero owners.
 begin;
 \ir _helpers.psql
-select plan(16);
+select plan(20);
 
 select pg_temp.create_test_user('ann');
 select pg_temp.create_test_user('bob');
@@ -46,6 +46,13 @@ select lives_ok(format('delete from auth.users where id = %L', pg_temp.test_user
 -- ---------------------------------------------------------------- transfer ----
 select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
 select public.add_team_member(pg_temp.tid('acme'), pg_temp.test_user('cid'), 'member');
+select is(public.transfer_team_ownership(pg_temp.tid('acme'), pg_temp.test_user('cid')) ->> 'code', '42501',
+  'transfer to a member added unasked is refused ...');
+select set_config('pgshield_t.token', public.create_team_invitation(pg_temp.tid('acme'), 'member') ->> 'token', false);
+select pg_temp.act_as('authenticated', pg_temp.test_user('cid'));
+select is(public.accept_team_invitation(current_setting('pgshield_t.token')) ->> 'role', 'member',
+  '... until they accept an invitation (already a member: their consent) ...');
+select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
 select is(public.transfer_team_ownership(pg_temp.tid('acme'), pg_temp.test_user('cid')) -> 0 ->> 'user_id',
   pg_temp.test_user('cid')::text, 'transfer: the new owner is the only owner ...');
 select is(public.get_team(pg_temp.tid('acme')) ->> 'role', 'admin', '... and the old owner is admin');
@@ -55,7 +62,13 @@ select is(public.leave_team(pg_temp.tid('acme')) -> 'removed', 'true'::jsonb, 't
 
 -- ------------------------------------------------- two owners, then deletion ----
 select pg_temp.act_as('authenticated', pg_temp.test_user('cid'));
-select public.add_team_member(pg_temp.tid('acme'), pg_temp.test_user('ann'), 'owner');
+select is(public.add_team_member(pg_temp.tid('acme'), pg_temp.test_user('ann'), 'owner') ->> 'code', '42501',
+  'a user adds nobody as owner directly ...');
+select set_config('pgshield_t.token', public.create_team_invitation(pg_temp.tid('acme'), 'owner') ->> 'token', false);
+select pg_temp.act_as('authenticated', pg_temp.test_user('ann'));
+select is(public.accept_team_invitation(current_setting('pgshield_t.token')) ->> 'role', 'owner',
+  '... an owner joins by invitation');
+select pg_temp.act_as('authenticated', pg_temp.test_user('cid'));
 select is(public.set_team_member_role(pg_temp.tid('acme'), pg_temp.test_user('ann'), 'admin') ->> 'role', 'admin',
   'with two owners, one may be demoted');
 select pg_temp.act_as_owner();

@@ -1,4 +1,6 @@
--- teams: an admin can no longer learn any user's email by adding their id.
+-- teams: members join by their own act before the team may use their
+-- address or their ownership.
+-- An admin can no longer learn any user's email by adding their id.
 -- Any signed-in user becomes an admin by creating a team, and
 -- add_team_member's answer and list_team_members showed the added user's
 -- auth.users.email. team_members.joined_via records how a member joined
@@ -6,6 +8,12 @@
 -- admin, unasked); the email of an 'added' member is shown only to that member
 -- and to trusted callers. Existing rows: the team's creator 'created', an
 -- accepted invitation 'invitation', no granter 'service', else 'added'.
+-- Nobody is made owner unasked: an owner cannot be deleted from auth while
+-- they are a team's last owner, so a user who made a stranger owner and left
+-- could block that account's deletion (a hundred times per account). A user
+-- no longer adds an owner directly, nor promotes or transfers to a member
+-- added unasked; owners join by invitation (accepting one also turns an
+-- unasked member into one who agreed). Trusted callers are unchanged.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -104,7 +112,8 @@ $$;
 revoke all on function pgshield.team_create(text, text, uuid, text) from public, anon, authenticated, service_role;
 
 -- Adds a user to a team. Callers: through teams_call (admin; never above
--- the caller's own role and permissions).
+-- the caller's own role and permissions; a user makes nobody owner this
+-- way: owners join by invitation, or a trusted caller adds them).
 -- Errors: 22023, PT404, 42501, 23505 already a member.
 create or replace function pgshield.team_add_member(
   p_team_id uuid, p_user_id uuid, p_role text, p_permissions text[]
@@ -125,6 +134,13 @@ begin
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
   perform pgshield.team_user(p_user_id, 'p_user_id');
   perform pgshield.team_check_grant(v_guard.o_slug, v_guard.o_rank, v_guard.o_permissions, v_role, v_extra, null);
+  if v_actor is not null and v_role = 'owner' then
+    -- An owner is bound to the team (their account cannot be deleted while
+    -- they are its last owner): nobody is made one unasked.
+    raise exception using errcode = '42501',
+      message = format('on team %L nobody is made owner unasked', v_guard.o_slug),
+      hint = 'invite them with role owner: accepting the invitation makes them owner';
+  end if;
   insert into pgshield.team_members
     (team_id, user_id, role, extra_permissions, granted_by, created_at, updated_at, joined_via)
   values (p_team_id, p_user_id, v_role, v_extra, v_actor, v_now, v_now,
@@ -144,11 +160,112 @@ $$;
 
 revoke all on function pgshield.team_add_member(uuid, uuid, text, text[]) from public, anon, authenticated, service_role;
 
+-- Changes a member's role and (p_permissions not null) replaces their
+-- overrides. Callers: through teams_call (admin; the member's current role
+-- ranks no higher than the caller's, and the new role and permissions are
+-- within the caller's own; a member added unasked is made owner only by a
+-- trusted caller).
+-- Errors: 22023, PT404 team or member, 42501, PT409 the last owner.
+create or replace function pgshield.team_set_member_role(
+  p_team_id uuid, p_user_id uuid, p_role text, p_permissions text[]
+) returns jsonb
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_actor uuid := pgshield.team_actor();
+  v_role text := pgshield.team_role(p_role, 'p_role');
+  v_extra text[] := case when p_permissions is not null
+                         then pgshield.team_permission_list(p_permissions, 'p_permissions') end;
+  v_guard record;
+  v_member pgshield.team_members;
+begin
+  select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);
+  select * into v_member from pgshield.team_members m
+   where m.team_id = p_team_id and m.user_id = p_user_id for update;
+  if v_member.user_id is null then
+    raise exception using errcode = 'PT404',
+      message = format('user %s is not a member of team %L', p_user_id, v_guard.o_slug);
+  end if;
+  v_extra := coalesce(v_extra, v_member.extra_permissions);
+  perform pgshield.team_check_grant(v_guard.o_slug, v_guard.o_rank, v_guard.o_permissions, v_role, v_extra,
+                                    pgshield.team_role_rank(v_member.role));
+  if v_actor is not null and v_role = 'owner' and v_member.role <> 'owner' and v_member.joined_via = 'added' then
+    raise exception using errcode = '42501',
+      message = format('user %s was added to team %L unasked: only a member who joined by their own act is made owner',
+                       p_user_id, v_guard.o_slug),
+      hint = 'invite them with role owner: accepting the invitation makes them owner';
+  end if;
+  update pgshield.team_members m
+     set role = v_role, extra_permissions = v_extra, granted_by = v_actor, updated_at = pgshield.now()
+   where m.team_id = p_team_id and m.user_id = p_user_id
+  returning * into v_member;
+  perform pgshield.team_audit_write(p_team_id, 'set_member_role', 'ok', p_user_id, null, null,
+                                    jsonb_build_object('role', v_role, 'extra_permissions', v_extra));
+  return pgshield.team_member_json(v_member);
+end
+$$;
+
+revoke all on function pgshield.team_set_member_role(uuid, uuid, text, text[]) from public, anon, authenticated, service_role;
+
+-- Makes member p_new_owner_id an owner. An owner calling it becomes admin;
+-- a trusted caller makes every other owner admin. Returns the team's owners.
+-- A member added unasked must first accept an invitation (their consent).
+-- Callers: through teams_call (owners). Errors: 22023, PT404, 42501.
+create or replace function pgshield.team_transfer_ownership(p_team_id uuid, p_new_owner_id uuid) returns jsonb
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_actor uuid := pgshield.team_actor();
+  v_guard record;
+  v_now timestamptz := pgshield.now();
+begin
+  if p_new_owner_id is null then
+    raise exception using errcode = '22023', message = 'p_new_owner_id must not be null';
+  end if;
+  select * into v_guard from pgshield.team_guard(p_team_id, v_actor, null, true);
+  if v_actor is not null and v_guard.o_role <> 'owner' then
+    raise exception using errcode = '42501', message = 'only an owner can transfer ownership';
+  end if;
+  if p_new_owner_id = v_actor then
+    raise exception using errcode = '22023', message = 'p_new_owner_id is you: name another member';
+  end if;
+  -- Promote first, then demote: the owner trigger never sees a team without
+  -- one. A member added unasked is not made owner by a user (team_add_member).
+  update pgshield.team_members m set role = 'owner', granted_by = v_actor, updated_at = v_now
+   where m.team_id = p_team_id and m.user_id = p_new_owner_id
+     and (v_actor is null or m.joined_via <> 'added' or m.role = 'owner');
+  if not found then
+    if exists (select 1 from pgshield.team_members m
+                where m.team_id = p_team_id and m.user_id = p_new_owner_id) then
+      raise exception using errcode = '42501',
+        message = format('user %s was added to team %L unasked: only a member who joined by their own act is made owner',
+                         p_new_owner_id, v_guard.o_slug),
+        hint = 'invite them (any role): accepting it is their consent, then transfer';
+    end if;
+    raise exception using errcode = 'PT404',
+      message = format('user %s is not a member of team %L', p_new_owner_id, v_guard.o_slug),
+      hint = 'add or invite them first';
+  end if;
+  update pgshield.team_members m set role = 'admin', granted_by = v_actor, updated_at = v_now
+   where m.team_id = p_team_id and m.role = 'owner' and m.user_id <> p_new_owner_id
+     and (v_actor is null or m.user_id = v_actor);
+  perform pgshield.team_audit_write(p_team_id, 'transfer_ownership', 'ok', p_new_owner_id, null, null,
+                                    jsonb_build_object('from', v_actor));
+  return (select jsonb_agg(pgshield.team_member_json(m) order by m.user_id)
+            from pgshield.team_members m where m.team_id = p_team_id and m.role = 'owner');
+end
+$$;
+
+revoke all on function pgshield.team_transfer_ownership(uuid, uuid) from public, anon, authenticated, service_role;
+
 -- Joins the caller to the invitation's team. Single use; refused once
 -- expired or revoked, when bound to an email that is not the caller's
 -- confirmed auth.users email, or when its sender can no longer grant its
 -- role and overrides (the same check as at creation, with the sender's role
--- and permissions now).
+-- and permissions now). A member an admin added unasked may accept one:
+-- their membership becomes what it offers, and counts as joined by consent.
 -- Callers: through teams_call (authenticated).
 -- Errors: 22023 bad token; PT404 unknown token (or deleted meanwhile);
 -- PT409 used, revoked, expired, sender can no longer grant it; 42501
@@ -222,6 +339,15 @@ begin
           'invitation')
   on conflict (team_id, user_id) do nothing
   returning * into v_member;
+  if v_member.user_id is null then
+    -- A member an admin added unasked: accepting is their consent, and the
+    -- membership becomes what the invitation offers.
+    update pgshield.team_members m
+       set role = v_inv.role, extra_permissions = v_inv.extra_permissions, granted_by = v_inv.invited_by,
+           joined_via = 'invitation', updated_at = v_now
+     where m.team_id = v_inv.team_id and m.user_id = v_actor and m.joined_via = 'added'
+    returning * into v_member;
+  end if;
   if v_member.user_id is null then
     raise exception using errcode = '23505', message = 'you are already a member of this team',
       hint = 'the invitation stays unused';
