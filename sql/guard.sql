@@ -109,7 +109,8 @@ revoke all on function pgshield.guard_decoded_path(text) from public, anon, auth
 -- provider's sub as 'sub:<sub>'), the client address (pgshield.client_address(): the
 -- configured header and trusted proxy hops, never the first x-forwarded-for
 -- entry) for anon, 'service_role' for service_role. Read-only transactions
--- are checked, not counted. Allowed: the rate limit headers are appended to
+-- are checked, not counted (on a read replica with unlogged state: not
+-- checked). Allowed: the rate limit headers are appended to
 -- response.headers (what the project's hook set stays). Denied: SQLSTATE
 -- PGRST, which PostgREST turns into HTTP 429 with the headers. The rule, its
 -- policy and the options are one read.
@@ -171,9 +172,24 @@ begin
   -- draft's RateLimit and RateLimit-Policy) to response.headers, unless the
   -- owner turned them off; what the project's hook set stays. Denied: its
   -- windows is the headers object (Retry-After too when a wait can help).
-  v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
-    case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end
-    || case when current_setting('transaction_read_only') = 'on' then '_peek' else '' end);
+  if current_setting('transaction_read_only') = 'on' then
+    -- A read (GET, HEAD) is checked, not counted. On a read replica (Supabase
+    -- sends GETs there through its API load balancer) unlogged state cannot
+    -- be read at all: the read passes unchecked rather than failing (0A000).
+    -- With logged state (set_rate_limit_storage('logged')) the replica checks
+    -- it against the replicated counts, a moment behind the primary's.
+    if pg_is_in_recovery() then
+      if (select c.relpersistence from pg_class c
+           where c.oid = 'pgshield.rate_limit_policy_state'::regclass) = 'u' then
+        return;
+      end if;
+    end if;
+    v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+      case when coalesce(v_rule.allowed_headers, true) then 'guard_peek' else 'guard_silent_peek' end);
+  else
+    v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+      case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end);
+  end if;
   if v_res is null or v_res.allowed then  -- null: allowed (the decision builds no result)
     return;
   end if;
