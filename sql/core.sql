@@ -168,7 +168,11 @@ revoke all on function pgshield.caller_is_trusted() from public;
 -- gives it (the uuid cast's canonical text); any other sub (a third-party
 -- auth provider's: Clerk, Firebase, Auth0, Cognito), where auth.uid() fails
 -- with 22P02, as 'sub:' || sub, or 'subh:' || md5(sub) past 200
--- characters; null without a sub.
+-- characters; null without a sub. A Supabase anonymous sign-in (claim
+-- is_anonymous true) is keyed as an anonymous caller, 'anon:<address>'
+-- (pgshield.anonymous_user_subject()), unless set_anonymous_users('user'):
+-- each sign-in is a new user id, and a client may sign in as often as Auth
+-- lets it.
 -- rate_limit_check and request_guard_decide compute the same inline (a call
 -- costs more than the block in a request's transaction; the uuid cast in an
 -- exception block costs about 15k instructions per request, a regular
@@ -179,9 +183,18 @@ language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_sub text := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                                nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '');
+  v_claims jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+  v_sub text := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''), v_claims ->> 'sub'), '');
+  v_anon text;
 begin
+  if v_claims ->> 'is_anonymous' = 'true' then
+    -- A Supabase anonymous sign-in: keyed by its address unless the project
+    -- chose otherwise (pgshield.set_anonymous_users).
+    v_anon := pgshield.anonymous_user_subject();
+    if v_anon is not null then
+      return v_anon;
+    end if;
+  end if;
   return v_sub::uuid::text;
 exception when invalid_text_representation then
   return case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
@@ -222,6 +235,12 @@ revoke all on table pgshield.client_address_source from public, anon, authentica
 insert into pgshield.client_address_source (id, header, trusted_hops, ipv4_prefix, ipv6_prefix)
 values (true, 'x-forwarded-for', 1, 32, 64)
 on conflict (id) do nothing;
+-- How a Supabase anonymous sign-in (JWT claim is_anonymous true, role
+-- authenticated) is limited: 'address', as an anonymous caller from its
+-- client address (each sign-in is a fresh user id, so keying it by user would
+-- give a client a new quota per sign-in), or 'user', by its user id.
+alter table pgshield.client_address_source add column if not exists anonymous_users text not null default 'address'
+  constraint client_address_source_anonymous_users_check check (anonymous_users in ('address', 'user'));
 
 -- The calling client's address as a subject key: '203.0.113.7' (IPv4 /32), or
 -- the network for a shorter prefix ('2001:db8:1:2::/64'); null when the
@@ -342,13 +361,56 @@ begin
   end if;
   return (select jsonb_build_object('header', s.header, 'trusted_hops', s.trusted_hops,
                                     'ipv4_prefix', s.ipv4_prefix, 'ipv6_prefix', s.ipv6_prefix,
-                                    'updated_at', s.updated_at)
+                                    'anonymous_users', s.anonymous_users, 'updated_at', s.updated_at)
             from pgshield.client_address_source s where s.id);
 end
 $$;
 
 revoke all on function pgshield.client_address_source() from public, anon, authenticated, service_role;
 grant execute on function pgshield.client_address_source() to service_role;
+
+-- The subject of a Supabase anonymous sign-in: 'anon:<client address>' (or
+-- 'anon:unknown'), the key of anonymous callers, or null when the project
+-- keys them by user (set_anonymous_users('user')).
+-- Callers: pack functions (runs as the owner). Errors: none.
+create or replace function pgshield.anonymous_user_subject() returns text
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if (select s.anonymous_users from pgshield.client_address_source s where s.id) = 'user' then
+    return null;
+  end if;
+  return 'anon:' || coalesce(pgshield.client_address(), 'unknown');
+end
+$$;
+
+revoke all on function pgshield.anonymous_user_subject() from public, anon, authenticated, service_role;
+
+-- How Supabase anonymous sign-ins are limited: p_keyed_by 'address' (the
+-- default: as anonymous callers, by client address) or 'user' (each by its
+-- user id: a client then gets a fresh quota with every sign-in). Returns the
+-- client address source.
+-- Callers: service_role, the owner. Errors: 22023 bad mode; 42501 others.
+create or replace function pgshield.set_anonymous_users(p_keyed_by text) returns jsonb
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not pgshield.caller_is_trusted() then
+    raise exception using errcode = '42501', message = 'only service_role may set how anonymous users are limited';
+  end if;
+  if p_keyed_by is null or p_keyed_by not in ('address', 'user') then
+    raise exception using errcode = '22023', message = 'p_keyed_by must be address or user',
+      hint = 'address: as anonymous callers, by client address; user: each sign-in by its user id';
+  end if;
+  update pgshield.client_address_source s set anonymous_users = p_keyed_by, updated_at = now() where s.id;
+  return pgshield.client_address_source();
+end
+$$;
+
+revoke all on function pgshield.set_anonymous_users(text) from public, anon, authenticated, service_role;
+grant execute on function pgshield.set_anonymous_users(text) to service_role;
 
 -- ------------------------------------------------------------ pack types ----
 -- Refuses (42501) a composite type the pack means to own when it exists with

@@ -132,6 +132,7 @@ declare
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;
+  v_claims jsonb;
   v_res public.rate_limit_check_result;
 begin
   if v_role = 'none' then
@@ -154,14 +155,18 @@ begin
   -- Each branch is its own statement: only the one taken is prepared.
   if v_role = 'authenticated' then
     -- pgshield.caller_subject(), inline.
+    v_claims := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
     v_subject := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                                 nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '');
+                                 v_claims ->> 'sub'), '');
     begin
       v_subject := v_subject::uuid::text;
     exception when invalid_text_representation then
       v_subject := case when length(v_subject) <= 200 then 'sub:' || v_subject
                         else 'subh:' || md5(v_subject) end;
     end;
+    if v_claims ->> 'is_anonymous' = 'true' then  -- a Supabase anonymous sign-in
+      v_subject := coalesce(pgshield.anonymous_user_subject(), v_subject);
+    end if;
   elsif v_role <> 'anon' then
     v_subject := v_role;
   end if;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import psycopg
 import pytest
@@ -139,3 +140,96 @@ def test_check_and_guard_key_a_sub_as_caller_subject_does(
         (POLICY,),
     ).fetchall()
     assert keys == [(subject(owner, claims), 2)]
+
+
+def anonymous_user(n: int) -> dict:
+    """The claims of the n-th Supabase anonymous sign-in: a fresh user id each time."""
+    return {"sub": f"a0a0a0a0-0000-4000-8000-{n:012d}", "is_anonymous": True}
+
+
+ADDRESS = {"x-forwarded-for": "198.51.100.23"}
+
+
+def test_anonymous_sign_ins_share_their_addresss_quota(owner: psycopg.Connection) -> None:  # noqa: F811
+    # Each anonymous sign-in is a new user id: keyed by it, a client would get a fresh quota
+    # by signing in again. They are limited as anonymous callers from their address, the
+    # same key in check_rate_limit, the guard and get_rate_limit_usage.
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    answers = []
+    for n in range(4):
+        with act_as(owner, "authenticated", claims=anonymous_user(n), headers=ADDRESS) as c:
+            answers.append(
+                c.execute(
+                    "select allowed, subject from public.check_rate_limit(%s)", (POLICY,)
+                ).fetchone()
+            )
+    assert answers == [(True, "anon:198.51.100.23")] * 3 + [(False, "anon:198.51.100.23")]
+    with (
+        act_as(
+            owner,
+            "authenticated",
+            claims=anonymous_user(9),
+            headers=ADDRESS,
+            method="POST",
+            path="/pgshield_t_todos",
+        ) as c,
+        pytest.raises(psycopg.Error) as refused,
+    ):
+        c.execute("select pgshield.request_guard()")
+    assert refused.value.sqlstate == "PGRST"
+    with act_as(owner, "authenticated", claims=anonymous_user(10), headers=ADDRESS) as c:
+        usage = c.execute("select public.get_rate_limit_usage()").fetchone()[0]  # type: ignore[index]
+    assert {(u["window_seconds"], u["used"]) for u in usage if u["policy"] == POLICY} == {
+        (60, 3),
+        (3600, 3),
+    }
+    # A permanent user from the same address keeps a quota of their own.
+    with act_as(
+        owner, "authenticated", claims={"sub": anonymous_user(0)["sub"]}, headers=ADDRESS
+    ) as c:
+        row = c.execute("select allowed, subject from public.check_rate_limit(%s)", (POLICY,))
+        assert row.fetchone() == (True, anonymous_user(0)["sub"])
+    # Without a client address they share 'anon:unknown', as anon callers do.
+    with act_as(owner, "authenticated", claims=anonymous_user(11)) as c:
+        row = c.execute("select subject from public.check_rate_limit(%s)", (POLICY,))
+        assert row.fetchone() == ("anon:unknown",)
+
+
+def test_a_project_may_key_anonymous_sign_ins_by_user(owner: psycopg.Connection) -> None:  # noqa: F811
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    with (
+        act_as(owner, "authenticated", sub=uuid.uuid4()) as c,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        c.execute("select pgshield.set_anonymous_users('user')")
+    with (
+        act_as(owner, "service_role") as c,
+        pytest.raises(psycopg.errors.InvalidParameterValue),
+    ):
+        c.execute("select pgshield.set_anonymous_users('everyone')")
+    assert owner.execute(
+        "select pgshield.client_address_source() ->> 'anonymous_users'"
+    ).fetchone() == ("address",)
+    with act_as(owner, "service_role") as c:
+        source = c.execute("select pgshield.set_anonymous_users('user')").fetchone()[0]  # type: ignore[index]
+    assert source["anonymous_users"] == "user" and source["header"] == "x-forwarded-for"
+    for n in range(2):
+        with act_as(owner, "authenticated", claims=anonymous_user(n), headers=ADDRESS) as c:
+            row = c.execute("select allowed, subject from public.check_rate_limit(%s)", (POLICY,))
+            assert row.fetchone() == (True, anonymous_user(n)["sub"])
+        with act_as(
+            owner,
+            "authenticated",
+            claims=anonymous_user(n),
+            headers=ADDRESS,
+            method="POST",
+            path="/pgshield_t_todos",
+        ) as c:
+            c.execute("select pgshield.request_guard()")
+    keys = owner.execute(
+        "select key, max(count) from pgshield.rate_limit_policy_state_windows"
+        " where policy = %s group by key order by key",
+        (POLICY,),
+    ).fetchall()
+    assert keys == [(anonymous_user(0)["sub"], 2), (anonymous_user(1)["sub"], 2)]
+    assert subject(owner, anonymous_user(5)) == anonymous_user(5)["sub"]

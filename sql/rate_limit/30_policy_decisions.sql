@@ -575,6 +575,7 @@ declare
   v_role text := current_setting('role');
   v_policy pgshield.rate_limit_policies;
   v_sub text;
+  v_claims jsonb;
 begin
   if p_endpoint is null and v_role in ('authenticated', 'service_role') then
     select * into v_policy from pgshield.rate_limit_policies p where p.name = p_policy;
@@ -586,13 +587,16 @@ begin
     end if;
     if v_role = 'authenticated' then
       -- pgshield.caller_subject(), inline.
-      v_sub := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                               nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'), '');
+      v_claims := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+      v_sub := nullif(coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''), v_claims ->> 'sub'), '');
       begin
         v_sub := v_sub::uuid::text;
       exception when invalid_text_representation then
         v_sub := case when length(v_sub) <= 200 then 'sub:' || v_sub else 'subh:' || md5(v_sub) end;
       end;
+      if v_claims ->> 'is_anonymous' = 'true' then  -- a Supabase anonymous sign-in
+        v_sub := coalesce(pgshield.anonymous_user_subject(), v_sub);
+      end if;
       if v_sub is null then
         raise exception using errcode = '42501', message = 'no user id (sub) in the JWT';
       end if;
