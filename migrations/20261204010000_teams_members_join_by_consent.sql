@@ -14,6 +14,9 @@
 -- no longer adds an owner directly, nor promotes or transfers to a member
 -- added unasked; owners join by invitation (accepting one also turns an
 -- unasked member into one who agreed). Trusted callers are unchanged.
+-- Owners made unasked before this migration keep their role (demoting them
+-- could take a team from its rightful co-owner); the backfill below errs
+-- toward 'added', so in doubt they cannot hand the team on either.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -22,13 +25,27 @@ set local search_path = pg_catalog, pg_temp;
 alter table pgshield.team_members add column if not exists joined_via text not null default 'added'
   constraint team_members_joined_via_check check (joined_via in ('created', 'invitation', 'service', 'added'));
 
+-- Existing rows, by what made this membership (not an earlier one of the same
+-- user): the team's creation (same user and instant), an invitation accepted
+-- at the instant the row was made, or an add by a trusted caller (no granter
+-- and never changed since, or the add's audit row names no actor). Anything
+-- else stays 'added': in doubt, the email is hidden.
 update pgshield.team_members m
    set joined_via = case
-         when exists (select 1 from pgshield.teams t where t.id = m.team_id and t.created_by = m.user_id)
+         when exists (select 1 from pgshield.teams t
+                       where t.id = m.team_id and t.created_by = m.user_id and t.created_at = m.created_at)
            then 'created'
          when exists (select 1 from pgshield.team_invitations i
-                       where i.team_id = m.team_id and i.accepted_by = m.user_id) then 'invitation'
-         when m.granted_by is null then 'service'
+                       where i.team_id = m.team_id and i.accepted_by = m.user_id
+                         and i.accepted_at = m.created_at)
+           then 'invitation'
+         when m.granted_by is null and m.updated_at = m.created_at then 'service'
+         when (select a.actor_id is null from pgshield.team_audit a
+                where a.team_id = m.team_id and a.target_user_id = m.user_id
+                  and a.action = 'add_member' and a.outcome = 'ok'
+                  and a.at >= m.created_at and a.at < m.created_at + interval '1 minute'
+                order by a.at, a.id limit 1)
+           then 'service'
          else 'added' end
  where m.joined_via = 'added';
 

@@ -8,11 +8,13 @@ denied audit row for a refusal (answered).
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg
 import pytest
 
 from pgshield import Shield
+from pgshield.migrations import discover, migrate
 from support import act_as
 from test_teams import ANN, BOB, CID, audit_rows, owner  # noqa: F401  (owner is a fixture)
 
@@ -264,3 +266,59 @@ def test_nobody_is_made_owner_unasked(owner: psycopg.Connection) -> None:  # noq
         ]  # type: ignore[index]
     assert added["role"] == "owner"
     assert roles()[str(CID)] == ("owner", "service")
+
+
+def test_the_upgrade_classifies_each_membership_by_what_made_it(bare_db: str) -> None:
+    """Rows from before joined_via: in doubt 'added' (the email hidden, not promotable)."""
+    users = {
+        n: uuid.UUID(f"7ea40000-0000-4000-8000-0000000001{i:02x}") for i, n in enumerate("abcdef")
+    }
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn, migrations=[m for m in discover() if m.version <= "20261203220000"])
+        for n, u in users.items():
+            conn.execute(
+                "insert into auth.users (id, email, email_confirmed_at) values (%s, %s, now())",
+                (u, f"{n}@example.com"),
+            )
+
+        def call(user: str | None, query: str, *args: object) -> dict:
+            role, sub = ("service_role", None) if user is None else ("authenticated", users[user])
+            with act_as(conn, role, sub=sub) as c:
+                return c.execute(query, args).fetchone()[0]  # type: ignore[index]
+
+        one = call("a", "select public.create_team_with_owner('One', 'pgshield-t-up-one')")["id"]
+        # b: added by a, role later changed by the server (granted_by is null since)
+        call("a", "select public.add_team_member(%s, %s, 'viewer')", one, users["b"])
+        call(None, "select public.set_team_member_role(%s, %s, 'member')", one, users["b"])
+        # c: accepted an invitation, left, re-added by a unasked
+        token = call("a", "select public.create_team_invitation(%s, 'viewer')", one)["token"]
+        call("c", "select public.accept_team_invitation(%s)", token)
+        call("c", "select public.leave_team(%s)", one)
+        call("a", "select public.add_team_member(%s, %s, 'admin')", one, users["c"])
+        # d: added by the server; e: accepted an invitation; f: created team two, left it,
+        # re-added by a unasked
+        call(None, "select public.add_team_member(%s, %s, 'viewer')", one, users["d"])
+        token = call("a", "select public.create_team_invitation(%s, 'member')", one)["token"]
+        call("e", "select public.accept_team_invitation(%s)", token)
+        two = call("f", "select public.create_team_with_owner('Two', 'pgshield-t-up-two')")["id"]
+        token = call("f", "select public.create_team_invitation(%s, 'owner')", two)["token"]
+        call("a", "select public.accept_team_invitation(%s)", token)
+        call("f", "select public.leave_team(%s)", two)
+        call("a", "select public.add_team_member(%s, %s, 'viewer')", two, users["f"])
+        migrate(conn)
+        rows = conn.execute(
+            "select t.slug, m.user_id, m.joined_via from pgshield.team_members m"
+            " join pgshield.teams t on t.id = m.team_id where t.slug like 'pgshield-t-up-%'"
+        ).fetchall()
+        names = {u: n for n, u in users.items()}
+        assert {(slug[-3:], names[u]): via for slug, u, via in rows} == {
+            ("one", "a"): "created",
+            ("one", "b"): "added",
+            ("one", "c"): "added",
+            ("one", "d"): "service",
+            ("one", "e"): "invitation",
+            ("two", "a"): "invitation",
+            ("two", "f"): "added",
+        }
+        refused = call("a", "select public.transfer_team_ownership(%s, %s)", one, users["c"])
+        assert refused["code"] == "42501"
