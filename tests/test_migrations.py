@@ -26,8 +26,8 @@ from pgshield.migrations import (
     split_statements,
     status,
 )
-from pgshield.resources import MODULE_ORDER, migrations_dir, sql_dir
-from support import Backend
+from pgshield.resources import MODULE_ORDER, compat_sql, migrations_dir, sql_dir
+from support import Backend, as_user
 
 PGSHIELD = [sys.executable, "-m", "pgshield.cli"]
 
@@ -267,8 +267,7 @@ def test_plain_postgres_is_refused_before_anything_then_takes_the_compat_stub(
         with psycopg.connect(dsn, autocommit=True) as conn:
             with pytest.raises(MigrationError) as caught:
                 migrate(conn)
-            assert "table auth.users" in str(caught.value)
-            assert "function auth.uid()" in str(caught.value)
+            assert "schema auth" in str(caught.value)
             assert "--with-compat" in (caught.value.hint or "")
             left = conn.execute(
                 "select to_regnamespace('pgshield'), to_regnamespace('supabase_migrations')"
@@ -277,6 +276,20 @@ def test_plain_postgres_is_refused_before_anything_then_takes_the_compat_stub(
         refused = CliRunner().invoke(main, ["migrate", "--dsn", dsn])
         assert refused.exit_code == 1
         assert refused.output.startswith("Error: this database lacks"), refused.output
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(compat_sql())
+            conn.execute("revoke usage on schema auth from public")
+            conn.execute(
+                "do $$ begin if not exists (select 1 from pg_roles"
+                " where rolname = 'pgshield_t_nouse') then create role pgshield_t_nouse login;"
+                " end if; end $$"
+            )
+            conn.execute("grant create on database " + name + " to pgshield_t_nouse")
+        # A role that may not use schema auth is told so, not "permission denied".
+        lowly = CliRunner().invoke(main, ["migrate", "--dsn", as_user(dsn, "pgshield_t_nouse")])
+        assert lowly.exit_code == 1
+        assert "lacks what Supabase provides" in lowly.output, lowly.output
+        assert "usage on schema auth" in lowly.output, lowly.output
         done = CliRunner().invoke(main, ["migrate", "--with-compat", "--dsn", dsn])
         assert done.exit_code == 0, done.output
         with psycopg.connect(dsn) as conn:

@@ -250,14 +250,22 @@ _CREATE_TYPE = re.compile(r"\bcreate\s+type\s+(public\.[a-z_][a-z0-9_]*)", re.IG
 
 # What the migrations use from a Supabase database, as (kind, name, whether it is there).
 _PLATFORM_SQL = """
-select x.what, x.present from (values
-  ('role anon', to_regrole('anon') is not null),
-  ('role authenticated', to_regrole('authenticated') is not null),
-  ('role service_role', to_regrole('service_role') is not null),
-  ('role authenticator', to_regrole('authenticator') is not null),
-  ('table auth.users', to_regclass('auth.users') is not null),
-  ('function auth.uid()', to_regprocedure('auth.uid()') is not null)
-) x(what, present)
+select x.what, x.present
+  from (select to_regnamespace('auth') as ns) n
+  cross join lateral (select coalesce(has_schema_privilege(coalesce(n.ns, 0), 'usage'), false))
+    u(ok)
+  -- A lookup in a schema the role may not use raises: auth's objects are only looked up
+  -- where it may (null: not asked).
+  cross join lateral (values
+    ('role anon', to_regrole('anon') is not null),
+    ('role authenticated', to_regrole('authenticated') is not null),
+    ('role service_role', to_regrole('service_role') is not null),
+    ('role authenticator', to_regrole('authenticator') is not null),
+    ('schema auth', n.ns is not null),
+    ('usage on schema auth', case when n.ns is not null then u.ok end),
+    ('table auth.users', case when u.ok then to_regclass('auth.users') is not null end),
+    ('function auth.uid()', case when u.ok then to_regprocedure('auth.uid()') is not null end)
+  ) x(what, present)
 """
 
 
@@ -269,7 +277,7 @@ def _refuse_missing_platform(conn: psycopg.Connection) -> None:
     compat stub that stands in for them.
     """
     rows = conn.execute(_PLATFORM_SQL).fetchall()
-    missing = [what for what, present in rows if not present]
+    missing = [what for what, present in rows if present is False]
     if missing:
         raise MigrationError(
             "this database lacks what Supabase provides and the pack uses: " + ", ".join(missing),
