@@ -330,3 +330,56 @@ def test_policy_burst_across_a_boundary(
         return straddled
 
     assert run_trials(fire_one) == TRIALS
+
+
+@pytest.mark.slow
+@pytest.mark.realclock
+def test_a_cleanup_without_retention_beside_traffic_never_lets_a_window_past_its_limit(
+    db: str,
+) -> None:
+    """Hot keys with 1 s fixed windows on the real clock while a cleaner deletes every expired
+    row at once (no retention, as cleanup_expired_rate_limits(batch) does): at each boundary it
+    races the calls that read the clock just before it. A call that waited for a row the cleaner
+    deleted must not start its ended window again: every allowed call is attributed to its
+    window (its reset_at), none past the limit. (Before 20261204040000 four trials out of four
+    had windows of 5 reach 6 or 7. A sliding window's row expires a whole window after its last
+    call, too late for the real clock to race it: tests/test_rate_limit_moved_rows.py holds
+    that case still.)"""
+    algorithm = "fixed_window"
+    keys, limit, clients, seconds = 12, 5, 12, 4.0
+    allowed: Counter[tuple[str, dt.datetime]] = Counter()
+    deleted = [0]
+    guard = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        with psycopg.connect(db, autocommit=True) as c:
+            n = 0
+            while time.monotonic() < stop:
+                key = f"pgshield_t_clean_{(i + n) % keys}"
+                n += 1
+                row = c.execute(
+                    "select allowed, reset_at from public.increment_rate_limit(%s, %s, 1, 1, %s)",
+                    (key, limit, algorithm),
+                ).fetchone()
+                assert row is not None
+                if row[0]:
+                    with guard:
+                        allowed[key, row[1]] += 1
+
+    def cleaner() -> None:
+        with psycopg.connect(db, autocommit=True) as c:
+            while time.monotonic() < stop:
+                got = c.execute("select pgshield.cleanup_expired_rate_limits(50)").fetchone()
+                deleted[0] += got[0] if got else 0
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads.append(threading.Thread(target=cleaner))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    over = {w: n for w, n in allowed.items() if n > limit}
+    assert not over, f"windows past the limit of {limit}: {over}"
+    # The trial means something only if windows ended and rows were deleted under the traffic.
+    assert len(allowed) >= keys * 2 and deleted[0] >= 1, (len(allowed), deleted[0])

@@ -188,6 +188,62 @@ def test_a_fixed_window_refusal_across_a_rollover_is_decided_again(
     assert row is not None and (row[0].isoformat(), row[1]) == ("2030-01-01T00:01:00+00:00", 1)
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "cleaned_at", "window_start", "reset_at"),
+    [
+        # fixed: the row expires when its window ends; sliding: a window later
+        ("fixed_window", "00:01:00.5", "00:01:00", "00:02:00"),
+        ("sliding_window", "00:02:00.5", "00:02:00", "00:04:00"),
+    ],
+)
+def test_a_late_call_never_restarts_a_window_a_cleanup_deleted(
+    db: str,
+    conn: psycopg.Connection,
+    algorithm: str,
+    cleaned_at: str,
+    window_start: str,
+    reset_at: str,
+) -> None:
+    # The call reads the clock while its full window is still open, waits for the row, and a
+    # cleanup with no retention deletes the row (expired by then) before the call gets it: the
+    # call must be judged at the time it got it, not insert the ended window afresh (count 1,
+    # allowed: one past the limit, and the calls behind it added to it).
+    key, limit = f"pgshield_t_cleaned_{algorithm}", 3
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:59.5+00')")
+    for _ in range(limit):
+        conn.execute(
+            "select public.increment_rate_limit(%s, %s, 60, 1, %s)", (key, limit, algorithm)
+        )
+    row = while_held(
+        db,
+        conn,
+        "select 1 from pgshield.rate_limit_state where key = %s and policy = '' for update",
+        (key,),
+        "increment_rate_limit",
+        lambda c: c.execute(
+            "select allowed, reset_at from public.increment_rate_limit(%s, %s, 60, 1, %s)",
+            (key, limit, algorithm),
+        ).fetchone(),
+        lambda holder: (
+            holder.execute("select pgshield.set_clock(%s)", (f"2030-01-01 {cleaned_at}+00",)),
+            holder.execute("select pgshield.cleanup_expired_rate_limits(1000)"),
+        ),
+    )
+    allowed, answered_reset = row  # type: ignore[misc]
+    assert allowed is True
+    assert answered_reset.isoformat() == f"2030-01-01T{reset_at}+00:00"
+    rows = conn.execute(
+        "select window_start, count from pgshield.rate_limit_state where key = %s and policy = ''",
+        (key,),
+    ).fetchall()
+    assert [(r[0].isoformat(), r[1]) for r in rows] == [(f"2030-01-01T{window_start}+00:00", 1)]
+    # Counted once: three before, this one allowed.
+    allowed_count = conn.execute(
+        "select pg_sequence_last_value('pgshield.rate_limit_direct_allowed')"
+    ).fetchone()
+    assert allowed_count == (limit + 1,)
+
+
 @pytest.mark.usefixtures("policy")
 def test_a_reset_committed_while_a_check_waits_is_not_undone(
     db: str, conn: psycopg.Connection

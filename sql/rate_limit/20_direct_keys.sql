@@ -221,6 +221,34 @@ $$;
 revoke all on function pgshield.rate_limit_result_of(pgshield.rate_limit_eval, boolean, text, integer,
   integer, integer, text) from public, anon, authenticated, service_role;
 
+-- Whether a row increment_rate_limit has just inserted (it holds it) was
+-- judged in a window that is still current, counting the allowed decision
+-- if so. If not, the call read the clock before its window ended and then
+-- waited for the row, which a cleanup deleted meanwhile (a late call would
+-- otherwise start the ended window afresh, past its limit): the row is
+-- removed again, and the call is judged anew on the clock now.
+-- Callers: increment_rate_limit. Errors: none.
+create or replace function pgshield.rate_limit_direct_inserted(p_key text, p_window_seconds integer)
+returns boolean
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if exists (select 1 from pgshield.rate_limit_state s
+              where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds
+                and s.window_start + s.window_seconds * interval '1 second' > pgshield.now()) then
+    perform nextval('pgshield.rate_limit_direct_allowed'::regclass);
+    return true;
+  end if;
+  delete from pgshield.rate_limit_state s
+   where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
+  return false;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_direct_inserted(text, integer)
+  from public, anon, authenticated, service_role;
+
 -- Consumes p_cost from key p_key if it fits in p_limit per p_window_seconds,
 -- atomically: one insert ... on conflict do update ... where <fits>. A denied
 -- request changes no row (the conflicting row is only locked, then read).
@@ -311,13 +339,24 @@ begin
            <= excluded.limit_value
     -- RETURNING runs only for a row that was written, i.e. an allowed
     -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
-    -- hands back the finished result. Same in the two branches below.
+    -- hands back the finished result. Same in the two branches below. A row
+    -- it inserted (xmax 0) answers -1 instead, uncounted: the call may have
+    -- read the clock before its window ended and waited for a row that a
+    -- cleanup then deleted, and is judged again if that window is over.
     returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
-              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              (case when s.xmax = 0 then -1 else 0 * nextval('pgshield.rate_limit_direct_allowed'::regclass) end)::integer,
               p_key, p_algorithm, p_window_seconds, p_cost
       into v_res;
     if found then
-      return v_res;
+      if v_res.retry_after_ms = 0 then
+        return v_res;
+      end if;
+      -- -1: the row was inserted, not updated (see rate_limit_direct_inserted).
+      if pgshield.rate_limit_direct_inserted(p_key, p_window_seconds) then
+        v_res.retry_after_ms := 0;
+        return v_res;
+      end if;
+      return public.increment_rate_limit(p_key, p_limit, p_window_seconds, p_cost, p_algorithm);
     end if;
   end if;
   v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
@@ -371,11 +410,19 @@ begin
                                    * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
                                  - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
               s.expires_at,
-              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              (case when s.xmax = 0 then -1 else 0 * nextval('pgshield.rate_limit_direct_allowed'::regclass) end)::integer,
               p_key, p_algorithm, p_window_seconds, p_cost
       into v_res;
     if found then
-      return v_res;
+      if v_res.retry_after_ms = 0 then
+        return v_res;
+      end if;
+      -- -1: the row was inserted, not updated (see rate_limit_direct_inserted).
+      if pgshield.rate_limit_direct_inserted(p_key, p_window_seconds) then
+        v_res.retry_after_ms := 0;
+        return v_res;
+      end if;
+      return public.increment_rate_limit(p_key, p_limit, p_window_seconds, p_cost, p_algorithm);
     end if;
   else
     -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
