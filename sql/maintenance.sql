@@ -361,7 +361,11 @@ begin
       v_status := 'done';
       begin
         loop
-          if clock_timestamp() >= v_deadline then
+          -- Every task gets its first batch, even past the deadline: a task
+          -- early in the order with a long backlog would otherwise starve every
+          -- later one for as long as the backlog lasts (while their runs were
+          -- counted). A run may so overrun its budget by one batch per task.
+          if v_batches > 0 and clock_timestamp() >= v_deadline then
             v_status := 'more';
             exit;
           end if;

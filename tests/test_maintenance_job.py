@@ -333,3 +333,30 @@ def test_a_step_whose_budget_is_spent_does_nothing(conn: psycopg.Connection) -> 
     ).fetchone()
     assert row == (None,)
     assert conn.execute("select count(*) from pgshield.maintenance_runs").fetchone() == (0,)
+
+
+def test_a_task_with_a_backlog_does_not_starve_the_tasks_after_it(
+    conn: psycopg.Connection,
+) -> None:
+    """A first task with more work than the budget: every later task still gets its batch."""
+    _slow_task(conn, 1000, 10)  # 100 batches of 30 ms, far past a 50 ms budget
+    conn.execute(
+        "update pgshield.maintenance_tasks set position = -1 where task = 'pgshield_t_junk'"
+    )
+    enabled = [
+        r[0]
+        for r in conn.execute(
+            "select task from pgshield.maintenance_tasks where enabled order by position, task"
+        )
+    ]
+    assert enabled[0] == "pgshield_t_junk" and len(enabled) >= 4, enabled
+    before = dict(conn.execute("select task, runs from pgshield.maintenance_tasks").fetchall())
+    result = conn.execute("select pgshield.run_maintenance('50 milliseconds', 0)").fetchone()[0]  # type: ignore[index]
+    tasks = {t["task"]: t for t in result["tasks"]}
+    assert tasks["pgshield_t_junk"]["status"] == "more"
+    assert tasks["pgshield_t_junk"]["batches"] < 100
+    for task in enabled[1:]:
+        assert tasks[task]["batches"] >= 1, (task, tasks[task])
+        assert tasks[task]["status"] in ("done", "skipped"), (task, tasks[task])
+    after = dict(conn.execute("select task, runs from pgshield.maintenance_tasks").fetchall())
+    assert all(after[t] == before[t] + 1 for t in enabled if tasks[t]["status"] != "skipped")

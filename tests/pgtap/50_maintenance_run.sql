@@ -1,7 +1,7 @@
 -- maintenance: run_maintenance on moved-clock state, skipped and failing tasks, the time budget, metrics.
 begin;
 \ir _helpers.psql
-select plan(19);
+select plan(20);
 
 -- The clock stands in 2001: only this file's rows have expired, so the rate
 -- limit task's counts are exact and a project's own state is never touched.
@@ -59,11 +59,17 @@ select is((select pg_temp.task_of(r, 'rate_limit') ->> 'deleted' from pgshield_t
 select is((select r ->> 'complete' from pgshield_t_r2), 'false', 'a run with a failed task is not complete');
 delete from pgshield.maintenance_tasks where task like 'pgshield\_t\_%';
 
--- The time budget: once spent, every task stops with status "more".
+-- The time budget: once spent, every task stops with status "more", after
+-- its first batch (which every task gets, so that none starves the next).
 insert into pgshield.rate_limit_state (key, window_seconds, algorithm, limit_value, window_start, count, expires_at)
-values ('pgshield_t_z', 60, 'fixed_window', 10, '2001-01-01 00:00:00+00', 1, '2001-01-01 00:01:00+00');
-select is((select pg_temp.task_of(pgshield.run_maintenance(interval '1 microsecond'), 'rate_limit') ->> 'status'),
-  'more', 'a spent time budget leaves the rest to the next run');
+values ('pgshield_t_z', 60, 'fixed_window', 10, '2001-01-01 00:00:00+00', 1, '2001-01-01 00:01:00+00'),
+       ('pgshield_t_z2', 60, 'fixed_window', 10, '2001-01-01 00:00:00+00', 1, '2001-01-01 00:01:00+00');
+update pgshield.maintenance_tasks set batch_size = 1 where task = 'rate_limit';
+create temp table pgshield_t_r3 as select pgshield.run_maintenance(interval '1 microsecond') as r;
+select is((select pg_temp.task_of(r, 'rate_limit') ->> 'status' from pgshield_t_r3),
+  'more', 'a spent time budget leaves the rest to the next run ...');
+select is((select pg_temp.task_of(r, 'rate_limit') ->> 'batches' from pgshield_t_r3)::integer, 1,
+  '... after the one batch every task gets');
 
 -- ---------------------------------------------------------------- metrics ----
 select increment_rate_limit('pgshield_t_live', 5, 3600);
