@@ -157,7 +157,8 @@ grant execute on function pgshield.maintenance_job_name() to service_role;
 -- schema cron until granted), preloaded, the database its scheduler runs in,
 -- and this database. Roles
 -- that may not read server settings (hosted Supabase's postgres may not read
--- shared_preload_libraries) learn the same from pg_cron's launcher process.
+-- shared_preload_libraries) learn the same from pg_cron's launcher process;
+-- known is false when they cannot see that either.
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.maintenance_cron() returns jsonb
 language plpgsql stable
@@ -166,6 +167,7 @@ as $$
 declare
   v_preloaded boolean;
   v_database text;
+  v_known boolean := true;
 begin
   begin
     v_preloaded := coalesce(current_setting('shared_preload_libraries', true), '') ~ '(^|[ ,])pg_cron($|[ ,])';
@@ -173,6 +175,9 @@ begin
   exception when insufficient_privilege then
     select true, a.datname into v_preloaded, v_database
       from pg_catalog.pg_stat_activity a where a.backend_type = 'pg_cron launcher' limit 1;
+    -- Without the launcher in sight (pg_stat_activity hides other users'
+    -- sessions from a role without pg_read_all_stats) nothing is known.
+    v_known := found;
   end;
   return jsonb_build_object(
     'version', (select e.extversion from pg_catalog.pg_extension e where e.extname = 'pg_cron'),
@@ -183,6 +188,7 @@ begin
                  and exists (select from pg_catalog.pg_extension e where e.extname = 'pg_cron')),
     'preloaded', coalesce(v_preloaded, false),
     'database', coalesce(v_database, 'postgres'),
+    'known', v_known,
     'here', current_database());
 end
 $$;
@@ -224,6 +230,14 @@ begin
     raise exception using errcode = '55000',
       message = 'pg_cron is loaded but not created in this database',
       hint = 'run `create extension pg_cron;`, then call this function again';
+  end if;
+  if not coalesce((v_cron ->> 'known')::boolean, true) then
+    raise exception using errcode = '55000',
+      message = format('pg_cron is not created in this database, and role %s cannot see whether the server '
+                       'loads it or in which database it runs', current_user),
+      hint = format('if pg_cron runs in another database, connect there as a superuser and run: %s; '
+                    'otherwise add pg_cron to shared_preload_libraries with cron.database_name = %L, restart, '
+                    'and run `create extension pg_cron;` here', p_statement, v_cron ->> 'here');
   end if;
   raise exception using errcode = '55000',
     message = 'pg_cron is not available: nothing can schedule the maintenance job',

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgshield import InvalidInput, NotAllowed, Shield, ShieldError
 from pgshield.cli import main
 from pgshield.maintenance.serve import metrics_server
-from support import act_as, run_threads
+from support import SUPABASE_POSTGRES, Backend, act_as, as_user, run_threads
 
 NOW = dt.datetime(2030, 1, 1, 0, 30, tzinfo=dt.timezone.utc)
 
@@ -77,6 +77,30 @@ def test_scheduling_from_a_database_without_the_scheduler_says_what_to_run(
     assert info.value.sqlstate == "55000"
     assert "select cron.schedule_in_database(" in (info.value.hint or "")
     assert f"'pgshield-maintenance-{here}', '*/5 * * * *'" in (info.value.hint or "")
+
+
+def test_an_owner_who_cannot_see_the_scheduler_is_told_both_ways(
+    backend: Backend, supabase_template_db: str
+) -> None:
+    # A non-superuser owner may read neither cron.database_name nor the launcher's row in
+    # pg_stat_activity: it used to be told pg_cron was absent and to preload it here.
+    with (
+        backend.clone(supabase_template_db, owner=SUPABASE_POSTGRES) as dsn,
+        psycopg.connect(as_user(dsn, SUPABASE_POSTGRES), autocommit=True) as conn,
+    ):
+        sees = conn.execute(
+            "select count(*) from pg_stat_activity where backend_type = 'pg_cron launcher'"
+        ).fetchone()
+        # the compat stub's owner, like hosted Supabase's postgres, lacks pg_read_all_stats
+        assert sees == (0,), "this role sees pg_cron's launcher: the test's premise is gone"
+        cron = conn.execute("select pgshield.maintenance_cron()").fetchone()[0]  # type: ignore[index]
+        assert cron["known"] is False and cron["version"] is None
+        with pytest.raises(ShieldError) as info:
+            Shield(conn).maintenance.schedule("*/5 * * * *")
+    assert info.value.sqlstate == "55000"
+    assert "cannot see whether the server loads it" in str(info.value)
+    hint = info.value.hint or ""
+    assert "select cron.schedule_in_database(" in hint and "shared_preload_libraries" in hint
 
 
 # ---------------------------------------------------------------- metrics ----

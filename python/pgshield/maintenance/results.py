@@ -99,7 +99,8 @@ class MaintenanceStatus:
     """``pgshield.maintenance_status()``: pg_cron, the job and its runs, totals and tasks.
 
     ``cron`` holds ``version`` (None: pg_cron is not created in this database), ``preloaded``,
-    ``database`` (where its scheduler runs) and ``here``. ``runs`` are the job's last entries
+    ``database`` (where its scheduler runs), ``known`` (False: this role could see neither) and
+    ``here``. ``runs`` are the job's last entries
     of ``cron.job_run_details``, newest first; ``failures`` counts its failed runs on record.
     Each task lists its settings, counters, ``installed`` and ``oversized`` tables.
     """
