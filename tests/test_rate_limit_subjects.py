@@ -203,6 +203,11 @@ def test_a_project_may_key_anonymous_sign_ins_by_user(owner: psycopg.Connection)
     ):
         c.execute("select pgshield.set_anonymous_users('user')")
     with (
+        act_as(owner, "anon", headers=ADDRESS) as c,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        c.execute("select pgshield.set_anonymous_users('user')")
+    with (
         act_as(owner, "service_role") as c,
         pytest.raises(psycopg.errors.InvalidParameterValue),
     ):
