@@ -255,7 +255,9 @@ revoke all on function pgshield.rate_limit_direct_inserted(text, integer)
 -- This is the hot path: PL/pgSQL pays for every statement and expression it
 -- evaluates, so an allowed decision is one argument test, one clock reading,
 -- one upsert that does the window arithmetic and returns the answer (and
--- counts it), and a return. pgshield.rate_limit_evaluate() is the reference
+-- counts it), and a return. A fixed window already in its current window,
+-- the commonest call of all, is one plain update before any of that (an
+-- update costs less than an upsert that finds its row). pgshield.rate_limit_evaluate() is the reference
 -- (denials, peeks) and the tests hold the two together.
 -- Callers: service_role (whoever calls it picks the limit).
 -- Errors: 22023 bad key, limit, window, cost or algorithm.
@@ -281,6 +283,34 @@ declare
   v_row record;
   v_e pgshield.rate_limit_eval;
 begin
+  -- A fixed window whose row is already in the current window and has room:
+  -- one update, no argument test. Rows are only ever written by calls whose
+  -- arguments passed it, so only the cost needs a test here (a limit below 1
+  -- or a null argument matches no row). Anything else (a new window, a
+  -- missing row, another algorithm, a denial, a row already in a newer
+  -- window) matches nothing and takes the general path below. A call that
+  -- waited for the row is judged again on the row as the other call left it,
+  -- and on the clock then (the window must still be the current one).
+  if p_algorithm = 'fixed_window' then
+    update pgshield.rate_limit_state s
+       set count = s.count + p_cost, limit_value = p_limit,
+           expires_at = s.window_start + p_window_seconds * interval '1 second'
+     where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds
+       and s.algorithm = 'fixed_window' and p_cost >= 1
+       and s.window_start = date_bin(p_window_seconds * interval '1 second',
+                                     coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                                 from pgshield.clock c), clock_timestamp()),
+                                     timestamptz '1970-01-01 00:00:00+00')
+       and s.count + p_cost <= p_limit
+    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
+    end if;
+  end if;
+
   -- One test for every argument; which one is wrong is worked out only on
   -- the slow path, in the order the parameters are declared.
   if (length(p_key) between 1 and 256 and p_limit >= 1 and p_window_seconds between 1 and 2678400

@@ -1,7 +1,7 @@
 -- rate_limit: bad input is 22023 with a message naming the parameter, and writes nothing.
 begin;
 \ir _helpers.psql
-select plan(44);
+select plan(51);
 
 -- Keys, subjects, policies and tiers start with pgshield_t_: no project has them.
 select public.define_rate_limit_policy('pgshield_t_api', '{"free": {"minute": 10}}');
@@ -40,6 +40,26 @@ select throws_ok($$ select increment_rate_limit('pgshield_t_k', 10, 60, 20, 'lea
   'an unknown algorithm is refused even when the cost exceeds the limit');
 select throws_ok($$ select increment_rate_limit('pgshield_t_k', 10, 60, 1, null) $$, '22023',
   'p_algorithm must be fixed_window, sliding_window or token_bucket', 'a null algorithm');
+
+-- The same on a key whose row is in the current window, which an allowed
+-- call updates without the argument test (one update): still 22023, and the
+-- row keeps its one allowed call.
+select ok((select allowed from increment_rate_limit('pgshield_t_live', 10, 60)), 'a key with a live row');
+select throws_ok($$ select increment_rate_limit('pgshield_t_live', 10, 60, 0) $$, '22023',
+  'p_cost must be a positive integer', 'a zero cost on a live row');
+select throws_ok($$ select increment_rate_limit('pgshield_t_live', 10, 60, -5) $$, '22023',
+  'p_cost must be a positive integer', 'a negative cost on a live row (no refunds through increment)');
+select throws_ok($$ select increment_rate_limit('pgshield_t_live', 10, 60, null) $$, '22023',
+  'p_cost must be a positive integer', 'a null cost on a live row');
+select throws_ok($$ select increment_rate_limit('pgshield_t_live', 0, 60) $$, '22023',
+  'p_limit must be a positive integer', 'a zero limit on a live row');
+select throws_ok($$ select increment_rate_limit('pgshield_t_live', null, 60) $$, '22023',
+  'p_limit must be a positive integer', 'a null limit on a live row');
+select is(
+  (select row(count, limit_value, window_start)::text from pgshield.rate_limit_state
+    where key = 'pgshield_t_live' and policy = '' and window_seconds = 60),
+  row(1::bigint, 10, timestamptz '2030-01-01 00:00:00+00')::text,
+  'the live row still holds its one call, under its limit, in its window');
 
 -- ------------------------------------------------------- the other direct calls ----
 select throws_ok($$ select peek_rate_limit('', 10, 60) $$, '22023', 'p_key must be 1 to 256 characters',
@@ -103,10 +123,11 @@ select throws_ok($$ select pgshield.cleanup_expired_rate_limits(0) $$, '22023',
 
 -- ----------------------------------------------------------- nothing written ----
 -- Only keys this file used (a project's own state is not counted): pgshield_t_*
--- but the one good call, and keys no good call can write.
+-- but the good calls', and keys no good call can write.
 select is(
   (select count(*)::integer from pgshield.rate_limit_state
-    where (key like 'pgshield\_t\_%' and key <> 'pgshield_t_' || repeat('k', 245))
+    where (key like 'pgshield\_t\_%'
+           and key not in ('pgshield_t_' || repeat('k', 245), 'pgshield_t_live'))
        or key = '' or length(key) > 256)
   + (select count(*)::integer from pgshield.rate_limit_policy_state
       where subject like 'pgshield\_t\_%' or subject = '' or length(subject) > 256), 0,

@@ -1,0 +1,305 @@
+-- rate limit: increment_rate_limit on a fixed window whose key's row is
+-- already in the current window (the commonest call: every call after a
+-- window's first) is one plain update of the count, before the argument test
+-- and the upsert: an update that finds its row costs less than an upsert that
+-- finds it. Everything else (the window's first call, a missing or deleted
+-- row, another algorithm, a denial, a row already in a newer window) matches
+-- no row and takes the general path as before. Only the cost is tested on
+-- the new path: rows are written only by calls whose arguments passed the
+-- test, and a bad limit, window, key or algorithm matches none.
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+set local search_path = pg_catalog, pg_temp;
+
+-- Consumes p_cost from key p_key if it fits in p_limit per p_window_seconds,
+-- atomically: one insert ... on conflict do update ... where <fits>. A denied
+-- request changes no row (the conflicting row is only locked, then read).
+-- This is the hot path: PL/pgSQL pays for every statement and expression it
+-- evaluates, so an allowed decision is one argument test, one clock reading,
+-- one upsert that does the window arithmetic and returns the answer (and
+-- counts it), and a return. A fixed window already in its current window,
+-- the commonest call of all, is one plain update before any of that (an
+-- update costs less than an upsert that finds its row). pgshield.rate_limit_evaluate() is the reference
+-- (denials, peeks) and the tests hold the two together.
+-- Callers: service_role (whoever calls it picks the limit).
+-- Errors: 22023 bad key, limit, window, cost or algorithm.
+create or replace function public.increment_rate_limit(
+  p_key text,
+  p_limit integer,
+  p_window_seconds integer,
+  p_cost integer default 1,
+  p_algorithm text default 'fixed_window'
+) returns public.rate_limit_result
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now timestamptz;
+  v_now_us bigint;
+  v_w bigint;
+  v_elapsed bigint;
+  v_start_ts timestamptz;
+  v_prev_ts timestamptz;
+  v_t numeric;
+  v_res public.rate_limit_result;
+  v_row record;
+  v_e pgshield.rate_limit_eval;
+begin
+  -- A fixed window whose row is already in the current window and has room:
+  -- one update, no argument test. Rows are only ever written by calls whose
+  -- arguments passed it, so only the cost needs a test here (a limit below 1
+  -- or a null argument matches no row). Anything else (a new window, a
+  -- missing row, another algorithm, a denial, a row already in a newer
+  -- window) matches nothing and takes the general path below. A call that
+  -- waited for the row is judged again on the row as the other call left it,
+  -- and on the clock then (the window must still be the current one).
+  if p_algorithm = 'fixed_window' then
+    update pgshield.rate_limit_state s
+       set count = s.count + p_cost, limit_value = p_limit,
+           expires_at = s.window_start + p_window_seconds * interval '1 second'
+     where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds
+       and s.algorithm = 'fixed_window' and p_cost >= 1
+       and s.window_start = date_bin(p_window_seconds * interval '1 second',
+                                     coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                                 from pgshield.clock c), clock_timestamp()),
+                                     timestamptz '1970-01-01 00:00:00+00')
+       and s.count + p_cost <= p_limit
+    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
+    end if;
+  end if;
+
+  -- One test for every argument; which one is wrong is worked out only on
+  -- the slow path, in the order the parameters are declared.
+  if (length(p_key) between 1 and 256 and p_limit >= 1 and p_window_seconds between 1 and 2678400
+      and p_cost >= 1 and p_algorithm in ('fixed_window', 'sliding_window', 'token_bucket')) is not true then
+    if p_key is null or length(p_key) not between 1 and 256 then
+      raise exception using errcode = '22023', message = 'p_key must be 1 to 256 characters';
+    end if;
+    if p_limit is null or p_limit < 1 then
+      raise exception using errcode = '22023', message = 'p_limit must be a positive integer';
+    end if;
+    if p_window_seconds is null or p_window_seconds not between 1 and 2678400 then
+      raise exception using errcode = '22023',
+        message = 'p_window_seconds must be between 1 and 2678400 (31 days)';
+    end if;
+    if p_cost is null or p_cost < 1 then
+      raise exception using errcode = '22023', message = 'p_cost must be a positive integer';
+    end if;
+    raise exception using errcode = '22023',
+      message = 'p_algorithm must be fixed_window, sliding_window or token_bucket',
+      hint = format('got %L', p_algorithm);
+  end if;
+
+  -- For fixed_window (the common case, tested first) the upsert itself
+  -- reads the clock (pgshield.now(), written out) and does the window
+  -- arithmetic: one statement. The other paths read the clock first.
+  if p_algorithm = 'fixed_window' and p_cost <= p_limit then
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    select p_key, '', p_window_seconds, 'fixed_window', p_limit, n.ws, p_cost, 0, null,
+           n.ws + p_window_seconds * interval '1 second'
+      from (select date_bin(p_window_seconds * interval '1 second',
+                            coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift
+                                        from pgshield.clock c), clock_timestamp()),
+                            timestamptz '1970-01-01 00:00:00+00') as ws) n
+    -- A row already in a newer window (this call read the clock, then waited
+    -- for the lock while the window rolled over) keeps that window, and the
+    -- call is counted in it: windows only move forward.
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = case when s.algorithm = excluded.algorithm
+                                and s.window_start > excluded.window_start
+                               then s.window_start else excluded.window_start end,
+           count = excluded.count
+                   + case when s.algorithm = excluded.algorithm
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
+           prev_count = 0,
+           tat = null,
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + p_window_seconds * interval '1 second'
+                             else excluded.expires_at end
+     where excluded.count
+           + case when s.algorithm = excluded.algorithm
+                   and s.window_start >= excluded.window_start then s.count else 0 end
+           <= excluded.limit_value
+    -- RETURNING runs only for a row that was written, i.e. an allowed
+    -- decision: it counts it (retry_after_ms is 0 * nextval(...) = 0) and
+    -- hands back the finished result. Same in the two branches below. A row
+    -- it inserted (xmax 0) answers -1 instead, uncounted: the call may have
+    -- read the clock before its window ended and waited for a row that a
+    -- cleanup then deleted, and is judged again if that window is over.
+    returning true, p_limit, greatest(p_limit - s.count, 0)::integer, s.expires_at,
+              (case when s.xmax = 0 then -1 else 0 * nextval('pgshield.rate_limit_direct_allowed'::regclass) end)::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      if v_res.retry_after_ms = 0 then
+        return v_res;
+      end if;
+      -- -1: the row was inserted, not updated (see rate_limit_direct_inserted).
+      if pgshield.rate_limit_direct_inserted(p_key, p_window_seconds) then
+        v_res.retry_after_ms := 0;
+        return v_res;
+      end if;
+      return public.increment_rate_limit(p_key, p_limit, p_window_seconds, p_cost, p_algorithm);
+    end if;
+  end if;
+  v_now := coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
+                    clock_timestamp());
+  v_now_us := (extract(epoch from v_now) * 1000000)::bigint;
+  if p_algorithm = 'fixed_window' or p_cost > p_limit then
+    null;  -- denied, or can never fit: answered below without touching the row
+  elsif p_algorithm = 'sliding_window' then
+    v_w := p_window_seconds::bigint * 1000000;
+    v_elapsed := ((v_now_us % v_w) + v_w) % v_w;
+    v_start_ts := v_now - v_elapsed * interval '1 microsecond';
+    v_prev_ts := v_start_ts - v_w * interval '1 microsecond';
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    values (p_key, '', p_window_seconds, 'sliding_window', p_limit, v_start_ts, p_cost, 0, null,
+            v_start_ts + 2 * v_w * interval '1 microsecond')
+    -- A row already in a newer window keeps it, and the call is judged at
+    -- that window's start (elapsed 0: the previous window weighs fully).
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = case when s.algorithm = excluded.algorithm
+                                and s.window_start > excluded.window_start
+                               then s.window_start else excluded.window_start end,
+           count = excluded.count
+                   + case when s.algorithm = excluded.algorithm
+                           and s.window_start >= excluded.window_start then s.count else 0 end,
+           prev_count = case when s.algorithm <> excluded.algorithm then 0
+                             when s.window_start >= excluded.window_start then s.prev_count
+                             when s.window_start = v_prev_ts then s.count
+                             else 0 end,
+           tat = null,
+           expires_at = case when s.algorithm = excluded.algorithm
+                              and s.window_start > excluded.window_start
+                             then s.window_start + 2 * v_w * interval '1 microsecond'
+                             else excluded.expires_at end
+     where (case when s.algorithm <> excluded.algorithm then 0
+                 when s.window_start >= excluded.window_start then s.prev_count
+                 when s.window_start = v_prev_ts then s.count
+                 else 0 end)::numeric
+           * (v_w - case when s.algorithm = excluded.algorithm
+                          and s.window_start > excluded.window_start then 0 else v_elapsed end)
+           + (excluded.count
+              + case when s.algorithm = excluded.algorithm
+                      and s.window_start >= excluded.window_start then s.count else 0 end
+             )::numeric * v_w
+           <= excluded.limit_value::numeric * v_w
+    returning true, p_limit,
+              least(greatest(div(p_limit::numeric * v_w
+                                 - s.prev_count::numeric
+                                   * (v_w - case when s.window_start > v_start_ts then 0 else v_elapsed end)
+                                 - s.count::numeric * v_w, v_w), 0), p_limit)::integer,
+              s.expires_at,
+              (case when s.xmax = 0 then -1 else 0 * nextval('pgshield.rate_limit_direct_allowed'::regclass) end)::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      if v_res.retry_after_ms = 0 then
+        return v_res;
+      end if;
+      -- -1: the row was inserted, not updated (see rate_limit_direct_inserted).
+      if pgshield.rate_limit_direct_inserted(p_key, p_window_seconds) then
+        v_res.retry_after_ms := 0;
+        return v_res;
+      end if;
+      return public.increment_rate_limit(p_key, p_limit, p_window_seconds, p_cost, p_algorithm);
+    end if;
+  else
+    -- token_bucket (GCRA): T = w / limit, truncated to 1e-15 microsecond.
+    v_w := p_window_seconds::bigint * 1000000;
+    v_t := div(v_w::numeric * 1000000000000000, p_limit) * 0.000000000000001;
+    -- window_start keeps the time of the last decision; a call that waited
+    -- for the lock behind a later one is judged at that later time.
+    insert into pgshield.rate_limit_state as s
+      (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
+    values (p_key, '', p_window_seconds, 'token_bucket', p_limit, v_now, 0, 0, v_now_us + p_cost * v_t,
+            timestamptz '1970-01-01 00:00:00+00' + ceil(v_now_us + p_cost * v_t) * interval '1 microsecond')
+    on conflict (key, policy, window_seconds) do update
+       set algorithm = excluded.algorithm,
+           limit_value = excluded.limit_value,
+           window_start = greatest(case when s.algorithm = excluded.algorithm then s.window_start end, v_now),
+           count = 0,
+           prev_count = 0,
+           tat = greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                          case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                               then (extract(epoch from s.window_start) * 1000000)::bigint
+                               else v_now_us end) + p_cost * v_t,
+           expires_at = timestamptz '1970-01-01 00:00:00+00'
+                        + ceil(greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                                        case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                                             then (extract(epoch from s.window_start) * 1000000)::bigint
+                                             else v_now_us end)
+                               + p_cost * v_t) * interval '1 microsecond'
+     where greatest(case when s.algorithm = excluded.algorithm then s.tat end,
+                    case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                         then (extract(epoch from s.window_start) * 1000000)::bigint
+                         else v_now_us end) + p_cost * v_t
+           - case when s.algorithm = excluded.algorithm and s.window_start > v_now
+                  then (extract(epoch from s.window_start) * 1000000)::bigint
+                  else v_now_us end <= v_w
+    returning true, p_limit,
+              least(greatest(div((extract(epoch from s.window_start) * 1000000)::bigint + v_w - s.tat, v_t),
+                             0), p_limit)::integer,
+              s.expires_at,
+              (0 * nextval('pgshield.rate_limit_direct_allowed'::regclass))::integer,
+              p_key, p_algorithm, p_window_seconds, p_cost
+      into v_res;
+    if found then
+      return v_res;
+    end if;
+  end if;
+
+  -- Denied: read the state it was refused on (locked by the upsert above, or
+  -- not locked at all when the cost can never fit) and explain.
+  select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
+    from pgshield.rate_limit_state s
+   where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
+  v_e := pgshield.rate_limit_evaluate(p_algorithm, p_limit, p_window_seconds, p_cost, v_now_us,
+    v_row.algorithm, v_row.window_start, v_row.count, v_row.prev_count, v_row.tat, false);
+  -- A fixed window refused at the upsert's clock reading that fits at this
+  -- later one has rolled over in between. The row is still locked by the
+  -- upsert and nothing else changed: the call is allowed now, in the new
+  -- window, and written as the evaluator says.
+  if v_e.fits and p_algorithm = 'fixed_window' then
+    update pgshield.rate_limit_state s
+       set algorithm = 'fixed_window', limit_value = p_limit, window_start = v_e.window_start,
+           count = v_e.count, prev_count = 0, tat = null, expires_at = v_e.reset_at
+     where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;
+    perform nextval('pgshield.rate_limit_direct_allowed'::regclass);
+    return row(true, p_limit, v_e.remaining, v_e.reset_at, 0,
+               p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+  end if;
+  perform nextval('pgshield.rate_limit_direct_denied'::regclass);
+  return row(false, p_limit, v_e.remaining, v_e.reset_at, v_e.retry_after_ms,
+             p_key, p_algorithm, p_window_seconds, p_cost)::public.rate_limit_result;
+end
+$$;
+
+revoke all on function public.increment_rate_limit(text, integer, integer, integer, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.increment_rate_limit(text, integer, integer, integer, text) to service_role;
+
+-- A grant rewrites the function's catalog row and leaves its default
+-- arguments compressed, which every call that relies on them (planned anew:
+-- clients without prepared statements) pays to decompress. Created again
+-- from its own definition, after the grants, the row is written whole and
+-- they stay uncompressed; the grants stay.
+do $$
+begin
+  execute pg_catalog.pg_get_functiondef(
+    'public.increment_rate_limit(text, integer, integer, integer, text)'::pg_catalog.regprocedure);
+end
+$$;
