@@ -383,3 +383,74 @@ def test_a_cleanup_without_retention_beside_traffic_never_lets_a_window_past_its
     assert not over, f"windows past the limit of {limit}: {over}"
     # The trial means something only if windows ended and rows were deleted under the traffic.
     assert len(allowed) >= keys * 2 and deleted[0] >= 1, (len(allowed), deleted[0])
+
+
+WAIT_CALL = "select allowed, reset_at from public.increment_rate_limit(%s, 5, 1)"
+
+
+def call_into(conn: psycopg.Connection, key: str, sent: list, result: list) -> None:
+    sent.append(time.time())
+    result.append(conn.execute(WAIT_CALL, (key,)).fetchone())
+
+
+def wait_across_boundary(db: str, key: str) -> tuple | None:
+    """One trial: a call on key (1 s fixed windows, limit 5) sent shortly before a boundary
+    while another connection holds the row, released just after it. Returns (the holder's two
+    answers, the waiting call's answer, the row after, the boundary), or None when the waiting
+    call was not sent in the old window and still waiting when it ended."""
+    boundary = next_boundary(1)
+    time.sleep(max(boundary - time.time() - 0.45, 0))
+    sent: list = []
+    result: list = []
+    with (
+        psycopg.connect(db, autocommit=True) as holder,
+        psycopg.connect(db, autocommit=True) as waiter,
+    ):
+        first = holder.execute(WAIT_CALL, (key,)).fetchone()
+        holder.execute("begin")
+        held = holder.execute(WAIT_CALL, (key,)).fetchone()
+        t = threading.Thread(target=call_into, args=(waiter, key, sent, result))
+        t.start()
+        blocked = False
+        while time.time() < boundary - 0.05 and not blocked:
+            time.sleep(0.01)
+            blocked = holder.execute(
+                "select wait_event_type = 'Lock' from pg_stat_activity where pid = %s",
+                (waiter.info.backend_pid,),
+            ).fetchone() == (True,)
+        time.sleep(max(boundary - time.time() + 0.1, 0))
+        holder.execute("commit")
+        t.join(10)
+        state = holder.execute(
+            "select window_start, count from pgshield.rate_limit_state"
+            " where key = %s and policy = '' and window_seconds = 1",
+            (key,),
+        ).fetchone()
+    ended = dt.datetime.fromtimestamp(boundary, dt.timezone.utc)
+    if not (blocked and sent and sent[0] < boundary and first == (True, ended)):
+        return None
+    return first, held, result, state, ended
+
+
+@pytest.mark.realclock
+def test_a_call_that_waited_for_its_row_across_a_boundary_counts_in_the_new_window(db: str) -> None:
+    """A fixed-window call whose row is in the current window is one update: when it waits for
+    the row (another call holds it) and the window ends meanwhile, it is judged on the clock at
+    the time it got the row, in the new window, and never in the window that had ended. (The
+    upsert alone read the clock before the wait: such a call was counted in the old window.)"""
+    straddled = 0
+    for _ in range(MAX_ATTEMPTS):
+        key = f"pgshield_t_wait_{uuid.uuid4().hex[:12]}"
+        trial = wait_across_boundary(db, key)
+        if trial is None:
+            continue
+        _first, held, result, state, ended = trial
+        assert held == (True, ended), "the holder's second call is in the window that ends"
+        assert result == [(True, ended + dt.timedelta(seconds=1))], (
+            "the call that waited was not counted in the new window"
+        )
+        assert state == (ended, 1), "the new window holds the waiting call alone"
+        straddled += 1
+        if straddled == 2:
+            break
+    assert straddled == 2, f"only {straddled} trials had a call waiting across the boundary"
