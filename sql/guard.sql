@@ -133,7 +133,6 @@ declare
   v_policy pgshield.rate_limit_policies;
   v_subject text;
   v_claims jsonb;
-  v_res public.rate_limit_check_result;
 begin
   if v_role = 'none' then
     v_role := session_user;
@@ -175,8 +174,9 @@ begin
   end if;
   -- Allowed: the decision appends the rate limit headers (the IETF httpapi
   -- draft's RateLimit and RateLimit-Policy) to response.headers, unless the
-  -- owner turned them off; what the project's hook set stays. Denied: its
-  -- windows is the headers object (Retry-After too when a wait can help).
+  -- owner turned them off; what the project's hook set stays. Denied: it
+  -- raises SQLSTATE PGRST with the 429 and its headers (Retry-After too when
+  -- a wait can help).
   if current_setting('transaction_read_only') = 'on' then
     -- A read (GET, HEAD) is checked, not counted. On a read replica (Supabase
     -- sends GETs there through its API load balancer) unlogged state cannot
@@ -189,23 +189,16 @@ begin
         return;
       end if;
     end if;
-    v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
-      case when coalesce(v_rule.allowed_headers, true) then 'guard_peek' else 'guard_silent_peek' end);
-  else
-    v_res := pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
-      case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end);
-  end if;
-  if v_res is null or v_res.allowed then  -- null: allowed (the decision builds no result)
+    -- In the guard's modes the decision is null when allowed and raises the
+    -- 429 when denied. (A test of an expression, not PERFORM: no query.)
+    if pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+         case when coalesce(v_rule.allowed_headers, true) then 'guard_peek' else 'guard_silent_peek' end) is null then
+      return;
+    end if;
+  elsif pgshield.rate_limit_decide(v_policy, v_subject, v_rule.cost,
+          case when coalesce(v_rule.allowed_headers, true) then 'guard' else 'guard_silent' end) is null then
     return;
   end if;
-  -- PostgREST's form: a JSON message (the body) and a JSON detail (status
-  -- and headers), written as text (no jsonb built only to be printed).
-  raise sqlstate 'PGRST' using
-    message = format('{"code": "PT429", "message": "Too many requests", "details": %s, "hint": %s}',
-      to_json(format('rate limit %s exceeded (%s)', v_policy.name, array_to_string(v_res.violated, ', '))),
-      to_json(case when v_res.retry_after_ms > 0 then format('retry after %s ms', v_res.retry_after_ms)
-                   else 'this request can never fit the limit' end)),
-    detail = format('{"status": 429, "headers": %s}', v_res.windows);
 end
 $$;
 

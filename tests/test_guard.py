@@ -85,6 +85,51 @@ def test_a_denial_is_the_429_postgrest_sends(owner: psycopg.Connection) -> None:
     assert denied.body["message"] == "Too many requests" and "minute" in denied.body["details"]
 
 
+def test_a_denial_says_exactly_what_was_exceeded_and_when(owner: psycopg.Connection) -> None:
+    """The whole 429, body and headers, both when waiting helps and when the request's cost can
+    never fit (no Retry-After then), on a GET (read-only, checked) as on a POST."""
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10.5+00')")
+    owner.execute(
+        "select pgshield.define_guard_rule(%s, 'authenticated', 'PATCH', '/pgshield_t_todos',"
+        " p_cost => 4)",
+        (POLICY,),
+    )
+    owner.execute(
+        "select pgshield.define_guard_rule(%s, 'authenticated', 'GET', '/pgshield_t_todos')",
+        (POLICY,),
+    )
+    policy_header = (
+        f'"{POLICY}-minute";q=3;w=60;qu="requests", "{POLICY}-hour";q=10;w=3600;qu="requests"'
+    )
+    never = request(owner, method="PATCH")
+    assert never == Answer(
+        429,
+        {"RateLimit": f'"{POLICY}-minute";r=3;t=0', "RateLimit-Policy": policy_header},
+        {
+            "code": "PT429",
+            "message": "Too many requests",
+            "details": f"rate limit {POLICY} exceeded (minute)",
+            "hint": "this request can never fit the limit",
+        },
+    )
+    assert [request(owner).status for _ in range(3)] == [200, 200, 200]
+    for method in ("POST", "GET"):
+        assert request(owner, method=method) == Answer(
+            429,
+            {
+                "RateLimit": f'"{POLICY}-minute";r=0;t=50',
+                "RateLimit-Policy": policy_header,
+                "Retry-After": "50",
+            },
+            {
+                "code": "PT429",
+                "message": "Too many requests",
+                "details": f"rate limit {POLICY} exceeded (minute)",
+                "hint": "retry after 49500 ms",
+            },
+        ), method
+
+
 def test_the_ratelimit_t_is_rounded_up_to_the_second_allowed_or_denied(
     owner: psycopg.Connection,
 ) -> None:

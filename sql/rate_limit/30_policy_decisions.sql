@@ -175,13 +175,14 @@ revoke all on function pgshield.rate_limit_subject(pgshield.rate_limit_policies,
 --   p_mode 'guard', 'guard_peek': 'check' and 'peek' for the Data API guard.
 --     Allowed: the RateLimit and RateLimit-Policy headers are appended to
 --     response.headers, and the result is null (the guard needs no more).
---     Denied: windows is the object of headers (with Retry-After when a wait
---     can help) for the 429.
+--     Denied: SQLSTATE PGRST is raised, which PostgREST answers with HTTP
+--     429 and the headers (Retry-After too when a wait can help).
 --   p_mode 'guard_silent', 'guard_silent_peek': the same, sending no headers
 --     when allowed.
 -- Stored windows are matched to the tier's windows by length; state written
 -- under another algorithm reads as none.
--- Callers: pack functions. Errors: 22023 when the tier has no windows.
+-- Callers: pack functions. Errors: 22023 when the tier has no windows; PGRST
+-- (HTTP 429) for a denial in the guard modes.
 create or replace function pgshield.rate_limit_decide(
   p_policy pgshield.rate_limit_policies,
   p_subject text,
@@ -493,10 +494,20 @@ begin
     end if;
     v_json := v_rl_heads[v_bind] || v_remaining || ';t=' || v_w;
     if not v_all_fit then
-      v_json := '{"RateLimit": "' || v_json || '", "RateLimit-Policy": ' || v_policy_header
-                || case when r_retry[v_bind] > 0
-                        then ', "Retry-After": "' || ceil(r_retry[v_bind] / 1000.0)::bigint || '"' else '' end
-                || '}';
+      -- Denied: the guard's answer is raised here, in PostgREST's form (a
+      -- JSON message, the body; a JSON detail, the status and the headers,
+      -- Retry-After when a wait can help), written as text: no result row and
+      -- no jsonb built only to be printed.
+      raise sqlstate 'PGRST' using
+        message = format('{"code": "PT429", "message": "Too many requests", "details": %s, "hint": %s}',
+          to_json(format('rate limit %s exceeded (%s)', p_policy.name, array_to_string(v_violated, ', '))),
+          to_json(case when r_retry[v_bind] > 0 then format('retry after %s ms', r_retry[v_bind])
+                       else 'this request can never fit the limit' end)),
+        detail = '{"status": 429, "headers": {"RateLimit": "' || v_json || '", "RateLimit-Policy": '
+                 || v_policy_header
+                 || case when r_retry[v_bind] > 0
+                         then ', "Retry-After": "' || (r_retry[v_bind]::bigint + 999) / 1000 || '"' else '' end
+                 || '}}';
     elsif p_mode in ('guard', 'guard_peek') then
       v_json := '[{"RateLimit": "' || v_json || '"}, {"RateLimit-Policy": ' || v_policy_header || '}]';
       v_sent := nullif(current_setting('response.headers', true), '');
