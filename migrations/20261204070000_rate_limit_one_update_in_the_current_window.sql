@@ -53,7 +53,9 @@ begin
   -- missing row, another algorithm, a denial, a row already in a newer
   -- window) matches nothing and takes the general path below. A call that
   -- waited for the row is judged again on the row as the other call left it,
-  -- and on the clock then (the window must still be the current one).
+  -- and, on the real clock, at the time it got it (the window must still be
+  -- the current one; a test clock set with set_clock is read once). In a
+  -- read-only transaction the update fails (25006) before any argument test.
   if p_algorithm = 'fixed_window' then
     update pgshield.rate_limit_state s
        set count = s.count + p_cost, limit_value = p_limit,

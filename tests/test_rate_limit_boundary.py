@@ -433,11 +433,14 @@ def wait_across_boundary(db: str, key: str) -> tuple | None:
 
 
 @pytest.mark.realclock
-def test_a_call_that_waited_for_its_row_across_a_boundary_counts_in_the_new_window(db: str) -> None:
+def test_a_call_that_waited_across_a_boundary_for_a_row_in_its_window_counts_in_the_new_window(
+    db: str,
+) -> None:
     """A fixed-window call whose row is in the current window is one update: when it waits for
-    the row (another call holds it) and the window ends meanwhile, it is judged on the clock at
-    the time it got the row, in the new window, and never in the window that had ended. (The
-    upsert alone read the clock before the wait: such a call was counted in the old window.)"""
+    the row (another call holds it, in the same window) and the window ends meanwhile, it is
+    judged on the clock at the time it got the row, in the new window, and never in the window
+    that had ended. (The upsert alone read the clock before the wait: such a call was counted in
+    the old window, as a call whose row is still in the previous window still is.)"""
     straddled = 0
     for _ in range(MAX_ATTEMPTS):
         key = f"pgshield_t_wait_{uuid.uuid4().hex[:12]}"

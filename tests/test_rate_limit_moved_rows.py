@@ -339,7 +339,8 @@ def test_consuming_calls_in_a_read_only_transaction_fail_with_25006_whatever_the
 ) -> None:
     # As PostgREST runs GET: a check would consume and count, so it is refused whether it would
     # be allowed (cost 1) or denied (cost 8 > the hour's 7 left); so are a usage record and a
-    # direct key's increment (allowed: limit 5; denied: limit 1 with the key already at 1); a
+    # direct key's increment (allowed: limit 5; denied: limit 1 with the key already at 1; and
+    # whatever its arguments: its one update for a current window comes before their test); a
     # peek answers.
     conn.execute("select public.increment_rate_limit('pgshield_t_ro_key', 1, 60)")
     refused = [
@@ -348,6 +349,8 @@ def test_consuming_calls_in_a_read_only_transaction_fail_with_25006_whatever_the
         ("select public.record_rate_limit_usage(%s, %s, 1)", (POLICY, SUBJECT)),
         ("select public.increment_rate_limit('pgshield_t_ro_key', 5, 60)", ()),
         ("select public.increment_rate_limit('pgshield_t_ro_key', 1, 60)", ()),
+        ("select public.increment_rate_limit('pgshield_t_ro_key', 0, 60)", ()),
+        ("select public.increment_rate_limit(null, 5, 60)", ()),
     ]
     with connect(db) as c:
         for statement, args in refused:
