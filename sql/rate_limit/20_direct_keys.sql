@@ -257,8 +257,9 @@ revoke all on function pgshield.rate_limit_direct_inserted(text, integer)
 -- one upsert that does the window arithmetic and returns the answer (and
 -- counts it), and a return. A fixed window already in its current window,
 -- the commonest call of all, is one plain update before any of that (an
--- update costs less than an upsert that finds its row). pgshield.rate_limit_evaluate() is the reference
--- (denials, peeks) and the tests hold the two together.
+-- update costs less than an upsert that finds its row).
+-- pgshield.rate_limit_evaluate() is the reference (denials, peeks) and the
+-- tests hold the two together.
 -- Callers: service_role (whoever calls it picks the limit).
 -- Errors: 22023 bad key, limit, window, cost or algorithm.
 create or replace function public.increment_rate_limit(
