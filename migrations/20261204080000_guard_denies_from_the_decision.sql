@@ -4,7 +4,9 @@
 -- used to build a result row whose headers object was parsed into jsonb, only
 -- for request_guard_decide to print it back into the detail. The answer is
 -- the same JSON; the headers object's keys now come in the order RateLimit,
--- RateLimit-Policy, Retry-After.
+-- RateLimit-Policy, Retry-After. A refused window's wait is worked out by
+-- the statement for its algorithm alone, so a fixed window no longer
+-- prepares the sliding window's numeric arithmetic.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -212,15 +214,22 @@ begin
           -- (fixed); sliding: until the previous window's weight has fallen
           -- enough, or, when this window alone is too full, until its count
           -- becomes the previous one and weighs little enough.
-          r_retry[v_k] := case
-            when v_ok then 0
-            when p_cost > v_lim[v_k] then -1
-            else least(div(case when v_fixed then v_s0 + v_w - v_t
-                                when v_lim[v_k] - v_cur - p_cost >= 0
-                                then v_w - div((v_lim[v_k] - v_cur - p_cost)::numeric * v_w, v_pv) - (v_t - v_s0)
-                                else (v_w - (v_t - v_s0)) + v_w - div((v_lim[v_k] - p_cost)::numeric * v_w, v_cur)
-                           end + 999, 1000), 2147483647)
-          end;
+          -- (Each case its own statement: a fixed window does not prepare the
+          -- sliding window's numeric arithmetic.)
+          if v_ok then
+            r_retry[v_k] := 0;
+          elsif p_cost > v_lim[v_k] then
+            r_retry[v_k] := -1;
+          elsif v_fixed then
+            r_retry[v_k] := least((v_s0 + v_w - v_t + 999) / 1000, 2147483647);
+          else
+            r_retry[v_k] := least(div(case when v_lim[v_k] - v_cur - p_cost >= 0
+                                           then v_w - div((v_lim[v_k] - v_cur - p_cost)::numeric * v_w, v_pv)
+                                                - (v_t - v_s0)
+                                           else (v_w - (v_t - v_s0)) + v_w
+                                                - div((v_lim[v_k] - p_cost)::numeric * v_w, v_cur)
+                                      end + 999, 1000), 2147483647);
+          end if;
         end if;
         v_k := v_k + 1;
       end loop;
