@@ -1,4 +1,4 @@
-"""The teams module (``sql/teams.sql``): a team and its owner in one transaction.
+"""The teams module (``sql/teams/``): a team and its owner in one transaction.
 
 ``shield.teams.create`` (SQL ``create_team_with_owner``) creates the team and its owner
 membership at once, so no team is ever left without one; roles (owner, admin, member, viewer)

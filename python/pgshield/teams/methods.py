@@ -39,7 +39,7 @@ from pgshield.teams.results import AuditEntry, Invitation, Member, Team, TeamsSt
 
 
 class Teams(Namespace):
-    """Teams with owners, roles, invitations and an audit trail (``sql/teams.sql``).
+    """Teams with owners, roles, invitations and an audit trail (``sql/teams/``).
 
     The connection's role decides what is allowed: service_role (or the owner) may do
     everything; a connection acting as ``authenticated`` acts as ``auth.uid()``. A refused call

@@ -1,7 +1,7 @@
 """Teams results: frozen dataclasses with the fields users read, and their parsers.
 
 Every team entry point answers one JSON value: the result, or a refusal
-``{"code", "message", "details", "hint"}`` (sql/teams.sql, ``pgshield.teams_call``). A refusal
+``{"code", "message", "details", "hint"}`` (sql/teams/, ``pgshield.teams_call``). A refusal
 is answered rather than raised so that its audit row commits; :func:`unwrap` turns it into the
 matching exception (``NotAllowed``, ``NotFound``, ``Conflict``) after the call.
 """
