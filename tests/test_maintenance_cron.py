@@ -10,6 +10,7 @@ polling cron.job_run_details until a deadline.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,6 +125,42 @@ def test_a_scheduled_job_really_runs_and_cleans_up(cron_cluster: Cluster) -> Non
             "select result -> 'tasks' -> 0 ->> 'deleted' from pgshield.maintenance_runs"
         ).fetchall()
     assert ("50",) in recorded
+
+
+def test_the_statements_for_another_database_schedule_the_job_as_the_pack_owner(
+    cron_cluster: Cluster,
+) -> None:
+    """Run as a superuser in the scheduler's database, the hint's statement must record the
+    pack's non-superuser owner as the job's user: pg_cron runs a job as its user, and the job
+    calls functions that owner can replace. The unschedule hint must find that job too."""
+    owner_role, owned = "supabase_postgres", "pgshield_owned"  # the compat stub's owner role
+    with psycopg.connect(cron_cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f"create database {owned}")
+    prepare_database(cron_cluster.dsn(owned), apply_migrations=False)
+    with psycopg.connect(cron_cluster.dsn(owned), autocommit=True) as conn:
+        conn.execute(f"alter database {owned} owner to {owner_role}")
+    hints = []
+    with psycopg.connect(cron_cluster.dsn(owned, user=owner_role), autocommit=True) as conn:
+        migrate(conn)
+        for call in ("schedule_maintenance()", "unschedule_maintenance()"):
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+                conn.execute(f"select pgshield.{call}")
+            hints.append(info.value.diag.message_hint or "")
+    schedule = re.search(
+        rf"select cron\.schedule_in_database\(.*'{owned}'(, username => '[a-z_]+')?\);", hints[0]
+    )
+    unschedule = re.search(r"select cron\.unschedule\(.*?;", hints[1])
+    assert schedule and unschedule, hints
+    with psycopg.connect(cron_cluster.dsn(CRON_DB), autocommit=True) as conn:
+        jobid = conn.execute(schedule.group(0)).fetchone()[0]  # type: ignore[index]
+        job = conn.execute(
+            "select username, database, jobname from cron.job where jobid = %s", (jobid,)
+        ).fetchone()
+        assert job == (owner_role, owned, f"pgshield-maintenance-{owned}")
+        conn.execute(unschedule.group(0))
+        assert conn.execute(
+            "select count(*) from cron.job where jobid = %s", (jobid,)
+        ).fetchone() == (0,)
 
 
 def test_the_upgrade_moves_an_earlier_job_to_the_procedure(cron_cluster: Cluster) -> None:
