@@ -260,13 +260,19 @@ class SyncClient(_Settings):
 
     Every method takes an optional ``conn`` to run inside the caller's own transaction; then
     pgshield neither commits nor retries. Serialization failures and deadlocks (40001, 40P01)
-    are retried up to ``retries`` times when pgshield owns the transaction.
+    are retried up to ``retries`` times when pgshield owns the transaction. A client that
+    holds one connection (a DSN, or a connection given to it) runs one call at a time on it:
+    threads may share it and take turns; pass a pool for calls at once.
     """
 
     def __init__(self, source: str | psycopg.Connection | ConnectionPool, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
+        # One call at a time on a connection this client holds (its own, or the one it was
+        # given): a call's statements (its pipeline or transaction) must not interleave with
+        # another thread's. Threads that need calls at once pass a ConnectionPool.
+        self._busy = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle --
     def close(self) -> None:
@@ -298,13 +304,14 @@ class SyncClient(_Settings):
         if isinstance(self.source, ConnectionPool):
             with self.source.connection(timeout=self.timeout) as pooled:
                 return self._run(pooled, op)
-        if isinstance(self.source, psycopg.Connection):
-            return self._run(self.source, op)
-        try:
-            return self._run(self._owned(), op)
-        except Unavailable:
-            self.close()
-            raise
+        with self._busy:
+            if isinstance(self.source, psycopg.Connection):
+                return self._run(self.source, op)
+            try:
+                return self._run(self._owned(), op)
+            except Unavailable:
+                self.close()
+                raise
 
     def _run(self, conn: psycopg.Connection, op: Op[T]) -> T:
         if self.timeout is None:
@@ -374,6 +381,7 @@ class AsyncClient(_Settings):
         super().__init__(source, **kwargs)
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
+        self._busy = asyncio.Lock()  # as SyncClient's: one call at a time on a held connection
 
     async def close(self) -> None:
         """Close the connection pgshield opened itself (never a caller's connection or pool)."""
@@ -403,13 +411,14 @@ class AsyncClient(_Settings):
         if isinstance(self.source, AsyncConnectionPool):
             async with self.source.connection(timeout=self.timeout) as pooled:
                 return await self._run(pooled, op)
-        if isinstance(self.source, psycopg.AsyncConnection):
-            return await self._run(self.source, op)
-        try:
-            return await self._run(await self._owned(), op)
-        except Unavailable:
-            await self.close()
-            raise
+        async with self._busy:
+            if isinstance(self.source, psycopg.AsyncConnection):
+                return await self._run(self.source, op)
+            try:
+                return await self._run(await self._owned(), op)
+            except Unavailable:
+                await self.close()
+                raise
 
     async def _run(self, conn: psycopg.AsyncConnection, op: Op[T]) -> T:
         if self.timeout is None:
