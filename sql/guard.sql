@@ -125,10 +125,16 @@ declare
   v_method text := upper(coalesce(nullif(current_setting('request.method', true), ''), 'GET'));
   -- A GET rule covers HEAD too (the same read, without the body).
   v_read text := case when v_method = 'HEAD' then 'GET' else v_method end;
-  -- PostgREST routes by the decoded path but sets request.path as sent.
+  -- PostgREST routes by the decoded path but sets request.path as sent; a
+  -- target sent without its leading '/' (its server takes "POST todos") is
+  -- routed as if it had one, so it is matched with one.
   v_path text := case when strpos(current_setting('request.path', true), '%') > 0
-                      then pgshield.guard_decoded_path(current_setting('request.path', true))
-                      else coalesce(nullif(current_setting('request.path', true), ''), '/') end;
+                      then pgshield.guard_decoded_path(
+                             case when left(current_setting('request.path', true), 1) = '/' then '' else '/' end
+                             || current_setting('request.path', true))
+                      when left(current_setting('request.path', true), 1) = '/'
+                      then current_setting('request.path', true)
+                      else '/' || coalesce(current_setting('request.path', true), '') end;
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;
@@ -452,7 +458,8 @@ grant execute on function pgshield.guard_set_chained(text) to service_role;
 -- ALTER ROLE authenticator IN DATABASE <this> SET pgrst.db_pre_request, then
 -- NOTIFY pgrst, 'reload config'. Idempotent. A different pre-request function
 -- already configured is refused, unless p_chain: then it is kept and runs
--- first, before the guard. Runs with the caller's rights (altering
+-- first, before the guard; a chained function dropped since is forgotten
+-- (run it again after dropping one). Runs with the caller's rights (altering
 -- authenticator needs CREATEROLE: on Supabase, postgres has it; service_role
 -- may call it and gets a clear 42501 where it lacks that right).
 -- Callers: the owner (service_role). Errors: 55000 another hook without p_chain; 42501 not
@@ -484,8 +491,12 @@ begin
         message = format('the configured pre-request %L is not a schema-qualified function without arguments', v_hook);
     end if;
     perform pgshield.guard_set_chained(v_hook);
-  elsif v_hook is null then
-    -- nothing else is configured: a function chained by an earlier install is gone
+  elsif v_hook is null
+        or (select to_regprocedure(o.chained_function || '()') is null and o.chained_function is not null
+              from pgshield.guard_options o where o.id) then
+    -- Nothing else is configured, or the function chained by an earlier
+    -- install was dropped since (every request would fail calling it): the
+    -- guard forgets it.
     perform pgshield.guard_set_chained(null);
   end if;
   begin
@@ -504,8 +515,8 @@ $$;
 revoke all on function pgshield.install_request_guard(boolean) from public, anon, authenticated, service_role;
 grant execute on function pgshield.install_request_guard(boolean) to service_role;
 
--- Stops PostgREST calling the guard: puts back the chained function, if any,
--- or removes the setting, then NOTIFY pgrst. Refuses to remove a hook that is
+-- Stops PostgREST calling the guard: puts back the chained function, if any
+-- (and still there), or removes the setting, then NOTIFY pgrst. Refuses to remove a hook that is
 -- not the guard. Idempotent.
 -- Callers: the owner (service_role, as above). Errors: 55000 another hook is configured; 42501 not
 -- allowed to alter authenticator.
@@ -532,6 +543,9 @@ begin
     return pgshield.request_guard_status();
   end if;
   select o.chained_function into v_chained from pgshield.guard_options o where o.id;
+  if to_regprocedure(v_chained || '()') is null then
+    v_chained := null;  -- dropped since it was chained: PostgREST would fail calling it
+  end if;
   begin
     if v_chained is null then
       execute format('alter role authenticator in database %I reset pgrst.db_pre_request', current_database());

@@ -67,6 +67,21 @@ def test_an_encoded_path_counts_against_the_rule_it_names(owner: psycopg.Connect
     assert used(owner)["anon:203.0.113.9"] == [3, 3]
 
 
+def test_a_target_without_its_leading_slash_counts_against_the_rule_it_names(
+    owner: psycopg.Connection,  # noqa: F811
+) -> None:
+    # PostgREST's server takes "POST pgshield_t_todos HTTP/1.1" and routes it as the table.
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    sent = ["pgshield_t_todos", "%70gshield_t_todos", "pgshield_t_%74odos", TODOS]
+    assert [request(owner, path=p).status for p in sent] == [200, 200, 200, 429]
+    owner.execute("select pgshield.define_guard_rule(%s, 'anon', '*', '/rpc/*')", (POLICY,))
+    anon = {"x-forwarded-for": "203.0.113.9"}
+    paths = ["rpc/f", "%72pc/f", "rpc/f", "/rpc/f"]
+    statuses = [request(owner, path=p, role="anon", sub=None, headers=anon).status for p in paths]
+    assert statuses == [200, 200, 200, 429]
+    assert used(owner)["anon:203.0.113.9"] == [3, 3]
+
+
 def test_a_get_rule_covers_head(owner: psycopg.Connection) -> None:  # noqa: F811
     owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
     owner.execute(
