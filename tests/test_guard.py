@@ -313,6 +313,34 @@ def test_reinstalling_forgets_a_chained_hook_that_is_gone(owner: psycopg.Connect
     assert shield.guard.install().chained_function is None
 
 
+def test_a_chained_hook_dropped_since_is_forgotten(owner: psycopg.Connection) -> None:
+    def chain_a_hook() -> None:
+        owner.execute(
+            "create function public.pgshield_t_hook3() returns void language sql"
+            " set search_path = pg_catalog as 'select 1';"
+            " grant execute on function public.pgshield_t_hook3() to authenticated"
+        )
+        owner.execute(
+            f'alter role authenticator in database "{owner.info.dbname}"'
+            " set pgrst.db_pre_request = 'public.pgshield_t_hook3'"
+        )
+        assert shield.guard.install(chain=True).chained_function == "public.pgshield_t_hook3"
+        owner.execute("drop function public.pgshield_t_hook3()")
+
+    shield = Shield(owner)
+    chain_a_hook()
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        request(owner)  # what every request gets until the guard is installed again
+    again = shield.guard.install()
+    assert again.installed and again.chained_function is None
+    assert request(owner).status == 200
+    # Removing the guard does not put the dropped function back as PostgREST's hook.
+    shield.guard.uninstall()
+    chain_a_hook()
+    removed = shield.guard.uninstall()
+    assert not removed.installed and hook(owner) is None
+
+
 def test_a_request_that_fails_after_the_guard_is_not_counted(owner: psycopg.Connection) -> None:
     # Documented behaviour (docs/data_api_guard.md): the consumption is part of the request's
     # transaction, so a request that fails afterwards gives it back.
