@@ -315,12 +315,19 @@ begin
     return v_b;
   end if;
   select * into v_settings from pgshield.breaker_settings s where s.id;
+  if p_create and coalesce(v_settings.auto_create, true) then
+    -- Creations take turns on the settings row, so concurrent ones cannot pass
+    -- the cap together, and decide by the settings as they are once this call
+    -- holds it (a change committed while it waited applies). The row is
+    -- written, not only locked: under REPEATABLE READ a creation whose
+    -- snapshot misses another fails with 40001 instead of counting from it.
+    update pgshield.breaker_settings s set updated_at = s.updated_at where s.id
+    returning s.* into v_settings;
+  end if;
   if not p_create or not coalesce(v_settings.auto_create, true) then
     raise exception using errcode = 'PT404', message = format('unknown breaker %L', p_name),
       hint = 'create it with configure_breaker(), or turn auto_create on with pgshield.set_breaker_settings()';
   end if;
-  -- Creations take turns on the settings row, so concurrent ones cannot pass the cap together.
-  perform 1 from pgshield.breaker_settings s where s.id for update;
   -- A caller that waited here behind the creation of the same name uses that
   -- breaker (the cap counts it already).
   select * into v_b from pgshield.breakers b where b.name = p_name;
@@ -711,7 +718,9 @@ begin
     perform pgshield.breaker_count(p_name, v_gen, v_now, p_outcome = 'failure', v_slow, v_b.window_seconds);
     v_res.counted := true;
     update pgshield.breakers b
-       set consecutive_failures = case when p_outcome = 'failure' then b.consecutive_failures + 1 else 0 end
+       -- (capped: a breaker whose failure threshold is off still counts the streak)
+       set consecutive_failures = case when p_outcome = 'failure'
+                                       then least(b.consecutive_failures, 2147483646) + 1 else 0 end
      where b.name = p_name
     returning b.consecutive_failures into v_b.consecutive_failures;
     v_trip := pgshield.breaker_trip_reason(v_b, v_now);

@@ -266,3 +266,31 @@ def test_cli(db: str, conn: psycopg.Connection) -> None:
     assert bad.exit_code == 1 and bad.output.startswith("Error: ")
     assert cli(db, "show", "nope").exit_code == 1
     assert cli(db, "open", "cli").exit_code == 2  # --reason is required
+
+
+def test_a_failure_streak_with_the_failure_rule_off_stops_at_the_integer_bound(
+    conn: psycopg.Connection,
+) -> None:
+    conn.execute(
+        "select public.configure_breaker('pgshield-t-slow-only', p_failure_threshold => null,"
+        " p_slow_call_ms => 1000, p_slow_call_rate => 0.5)"
+    )
+    # Stands for 2^31 - 2 fast failures in a row, which this rule set never trips on.
+    conn.execute(
+        "update pgshield.breakers set consecutive_failures = 2147483646"
+        " where name = 'pgshield-t-slow-only'"
+    )
+    for _ in range(3):
+        permit = conn.execute(
+            "select permit from public.acquire_breaker('pgshield-t-slow-only')"
+        ).fetchone()
+        assert permit is not None
+        row = conn.execute(
+            "select counted, state from public.release_breaker('pgshield-t-slow-only', %s,"
+            " 'failure', 5)",
+            (permit[0],),
+        ).fetchone()
+        assert row == (True, "closed")
+    assert conn.execute(
+        "select consecutive_failures from pgshield.breakers where name = 'pgshield-t-slow-only'"
+    ).fetchone() == (2147483647,)

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from pgshield import Shield
-from support import run_threads
+from support import run_threads, wait_for_lock_wait
 
 CLIENTS = 64
 SHIFT = 4294967296  # a permit is generation * 2**32 + lease number
@@ -391,3 +391,32 @@ def test_clock_is_the_databases(conn: psycopg.Connection) -> None:
     release(conn, "clock", acquire(conn, "clock")[3], "failure")
     until = conn.execute("select open_until from pgshield.breakers where name = 'clock'").fetchone()
     assert until == (dt.datetime(2040, 2, 2, 0, 0, 1, 500000, tzinfo=dt.timezone.utc),)
+
+
+def test_a_creation_that_waited_for_the_settings_decides_by_them(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """An operator turns auto-create off while a first call for a new name waits for the
+    settings: that call is refused by the settings it then holds, and creates nothing."""
+    operator = psycopg.connect(db)
+    operator.execute("select pgshield.set_breaker_settings(p_auto_create => false)")
+    outcome: dict[str, str] = {}
+    with psycopg.connect(db, autocommit=True) as caller:
+
+        def first_call() -> None:
+            try:
+                caller.execute("select public.acquire_breaker('pgshield-t-late')")
+                outcome["call"] = "created"
+            except psycopg.Error as exc:
+                outcome["call"] = exc.sqlstate or ""
+
+        worker = threading.Thread(target=first_call)
+        worker.start()
+        wait_for_lock_wait(conn, caller.info.backend_pid)
+        operator.commit()
+        operator.close()
+        worker.join(10)
+    assert outcome == {"call": "PT404"}
+    assert conn.execute(
+        "select count(*) from pgshield.breakers where name = 'pgshield-t-late'"
+    ).fetchone() == (0,)
