@@ -442,6 +442,7 @@ grant execute on function pgshield.jsonb_merge_statement(pgshield.jsonb_target, 
 -- security invoker, executable by authenticated and service_role. Its body has,
 -- for each registered target whose catalog still fits, one branch
 --   if p_table in ('<schema>.<table>'[, '<table>' when in public])
+--      and has_schema_privilege(<its schema's oid>, 'USAGE')
 --      and to_regclass('<schema>.<table>') = <registered oid> then
 --     <jsonb_merge_statement> into v_doc;
 -- and it returns the new document, or null when no branch applies or no row
@@ -463,6 +464,7 @@ as $$
 declare
   v_target pgshield.jsonb_target;
   v_spellings text;
+  v_schema oid;
   v_branches text := '';
 begin
   for v_target in
@@ -473,17 +475,22 @@ begin
      order by t.relation::oid
   loop
     -- The relation's text is schema.table, quoted where needed (the search
-    -- path here is pinned); a table in public may also be named alone.
+    -- path here is pinned); a table in public may also be named alone. A
+    -- caller without USAGE on its schema takes the dynamic path, which
+    -- answers 22023 as for any name it may not use (to_regclass would raise
+    -- 42501 and so tell that the schema exists).
     select quote_literal(v_target.relation::text)
            || case when n.nspname = 'public'
-                   then ', ' || quote_literal(quote_ident(c.relname)) else '' end
-      into v_spellings
+                   then ', ' || quote_literal(quote_ident(c.relname)) else '' end,
+           c.relnamespace
+      into v_spellings, v_schema
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where c.oid = v_target.relation;
     v_branches := v_branches || format(
-      E'  %s p_table in (%s) and to_regclass(%L) = %s::oid then\n    %s\n      into v_doc;\n',
+      E'  %s p_table in (%s) and has_schema_privilege(%s::oid, \'USAGE\')\n'
+      || E'     and to_regclass(%L) = %s::oid then\n    %s\n      into v_doc;\n',
       case when v_branches = '' then 'if' else 'elsif' end,
-      v_spellings, v_target.relation::text, v_target.relation::oid,
+      v_spellings, v_schema::oid, v_target.relation::text, v_target.relation::oid,
       pgshield.jsonb_merge_statement(v_target, true));
   end loop;
   if v_branches <> '' then
@@ -780,8 +787,12 @@ declare
   v_rows bigint;
   v_current text;
 begin
+  -- A registered table in a schema the caller may not use is not one to
+  -- them: 22023 like any other name, never 42501 from the update (which
+  -- would tell that the schema and its registered table exist).
   select * into v_t from pgshield.jsonb_target t
-   where t.relation = pgshield.jsonb_relation_of(p_table);
+   where t.relation = pgshield.jsonb_relation_of(p_table)
+     and has_schema_privilege((select c.relnamespace from pg_class c where c.oid = t.relation), 'USAGE');
   if not found then
     raise exception using
       errcode = '22023',

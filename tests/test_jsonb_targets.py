@@ -152,3 +152,37 @@ def test_the_longest_table_name_still_resolves(conn: psycopg.Connection) -> None
     )
     with act_as(conn, "service_role") as c:
         assert merge(c, f'"public".{quoted}', "1", '{"ok": 1}') == {"ok": 1}
+
+
+def test_a_registered_table_in_a_schema_the_caller_may_not_use_is_no_target_to_them(
+    conn: psycopg.Connection,
+) -> None:
+    conn.execute(
+        "create schema pgshield_t_private;"
+        " create table pgshield_t_private.docs (id int primary key, doc jsonb not null);"
+        " insert into pgshield_t_private.docs values (1, '{}');"
+        " grant select, update on pgshield_t_private.docs to authenticated;"
+        " select pgshield.register_jsonb_target('pgshield_t_private.docs', 'doc');"
+    )
+    answers = []
+    for table in (
+        "pgshield_t_private.docs",
+        'pgshield_t_private."docs"',
+        "pgshield_t_private.nosuch",
+    ):
+        with (
+            pytest.raises(psycopg.Error) as info,
+            act_as(
+                conn, "authenticated", sub=uuid.uuid4(), method="POST", path="/rpc/merge_jsonb"
+            ) as c,
+        ):
+            c.execute("select public.merge_jsonb(%s, '1', '{\"a\": 1}')", (table,))
+        answers.append((info.value.sqlstate, "is not a registered jsonb target" in str(info.value)))
+    assert answers == [("22023", True)] * 3
+    # With USAGE on the schema, the same caller merges.
+    conn.execute("grant usage on schema pgshield_t_private to authenticated")
+    with act_as(
+        conn, "authenticated", sub=uuid.uuid4(), method="POST", path="/rpc/merge_jsonb"
+    ) as c:
+        doc = c.execute("select public.merge_jsonb('pgshield_t_private.docs', '1', '{\"a\": 1}')")
+        assert doc.fetchone() == ({"a": 1},)
