@@ -388,12 +388,17 @@ def test_a_cleanup_without_retention_beside_traffic_never_lets_a_window_past_its
 WAIT_CALL = "select allowed, reset_at from public.increment_rate_limit(%s, 5, 1)"
 
 
-def call_into(conn: psycopg.Connection, key: str, sent: list, result: list) -> None:
+RECORD_CALL = "select allowed, reset_at from public.record_rate_limit_key_usage(%s, 5, 1, 3)"
+
+
+def call_into(
+    conn: psycopg.Connection, key: str, sent: list, result: list, call: str = WAIT_CALL
+) -> None:
     sent.append(time.time())
-    result.append(conn.execute(WAIT_CALL, (key,)).fetchone())
+    result.append(conn.execute(call, (key,)).fetchone())
 
 
-def wait_across_boundary(db: str, key: str) -> tuple | None:
+def wait_across_boundary(db: str, key: str, waiting: str = WAIT_CALL) -> tuple | None:
     """One trial: a call on key (1 s fixed windows, limit 5) sent shortly before a boundary
     while another connection holds the row, released just after it. Returns (the holder's two
     answers, the waiting call's answer, the row after, the boundary), or None when the waiting
@@ -409,7 +414,7 @@ def wait_across_boundary(db: str, key: str) -> tuple | None:
         first = holder.execute(WAIT_CALL, (key,)).fetchone()
         holder.execute("begin")
         held = holder.execute(WAIT_CALL, (key,)).fetchone()
-        t = threading.Thread(target=call_into, args=(waiter, key, sent, result))
+        t = threading.Thread(target=call_into, args=(waiter, key, sent, result, waiting))
         t.start()
         blocked = False
         while time.time() < boundary - 0.05 and not blocked:
@@ -459,3 +464,28 @@ def test_a_call_that_waited_across_a_boundary_for_a_row_in_its_window_counts_in_
         if straddled == 2:
             break
     assert straddled == 2, f"only {straddled} trials had a call waiting across the boundary"
+
+
+@pytest.mark.realclock
+def test_usage_recorded_after_waiting_across_a_boundary_goes_into_the_new_window(
+    db: str,
+) -> None:
+    """record_rate_limit_key_usage waits for the key's row like a call does: the usage is
+    recorded at the time it got the row, in the new window, never in the one that ended (where
+    a fixed window would lose it at once)."""
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("select pgshield.reset_clock()")
+    straddled = 0
+    for _ in range(MAX_ATTEMPTS):
+        key = f"pgshield_t_record_{uuid.uuid4().hex[:12]}"
+        trial = wait_across_boundary(db, key, RECORD_CALL)
+        if trial is None:
+            continue
+        _first, held, result, state, ended = trial
+        assert held == (True, ended)
+        assert result == [(True, ended + dt.timedelta(seconds=1))], "recorded in the ended window"
+        assert state == (ended, 3), "the new window holds the recorded usage alone"
+        straddled += 1
+        if straddled == 2:
+            break
+    assert straddled == 2, f"only {straddled} trials had a record waiting across the boundary"

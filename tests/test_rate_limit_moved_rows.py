@@ -381,3 +381,28 @@ def test_under_repeatable_read_a_row_changed_since_the_snapshot_is_40001(
         a.execute("select public.check_rate_limit(%s, 1, null, %s)", (POLICY, SUBJECT))
     # Only the read committed call counted; the refused transaction changed nothing.
     assert counts(conn) == {60: 4, 3600: 4, 86400: 4}
+
+
+def test_redefining_a_policy_waits_for_no_open_decision(db: str, conn: psycopg.Connection) -> None:
+    """Every decision holds a lock on its policy's counters until its transaction ends; a
+    redefinition used to take them ACCESS EXCLUSIVE (a no-op ALTER SEQUENCE) and so queued
+    behind open transactions, with every new decision of the policy queued behind it."""
+    conn.execute(
+        "select public.define_rate_limit_policy('pgshield_t_redefine', '{\"t\": {\"60\": 10}}',"
+        " p_default_tier => 't')"
+    )
+    with psycopg.connect(db) as open_check:
+        open_check.execute(
+            "select allowed from public.check_rate_limit('pgshield_t_redefine', p_subject => 'x')"
+        )  # as the owner (trusted): its transaction stays open
+        with psycopg.connect(db, autocommit=True) as definer:
+            definer.execute("set lock_timeout = '2s'")
+            definer.execute(
+                "select public.define_rate_limit_policy('pgshield_t_redefine',"
+                " '{\"t\": {\"60\": 20}}', p_default_tier => 't')"
+            )
+        open_check.rollback()
+    limits = conn.execute(
+        "select limits from pgshield.rate_limit_policy_tiers where policy = 'pgshield_t_redefine'"
+    ).fetchone()
+    assert limits == ([20],)

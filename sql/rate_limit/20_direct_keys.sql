@@ -604,11 +604,14 @@ begin
       hint = 'positive records usage, negative refunds it';
   end if;
   v_now_us := pgshield.rate_limit_now_us();
-  -- Lock the row (or create it empty), then apply.
+  -- Lock the row (or create it empty), then apply, at the time the row was
+  -- got (the lock may have been waited for): never in a window that ended
+  -- meanwhile, never back in time.
   insert into pgshield.rate_limit_state as s
     (key, policy, window_seconds, algorithm, limit_value, window_start, count, prev_count, tat, expires_at)
   values (p_key, '', p_window_seconds, p_algorithm, p_limit, null, 0, 0, null, pgshield.now())
   on conflict (key, policy, window_seconds) do update set count = s.count where false;
+  v_now_us := greatest(v_now_us, pgshield.rate_limit_now_us());
   select s.algorithm, s.window_start, s.count, s.prev_count, s.tat into v_row
     from pgshield.rate_limit_state s
    where s.key = p_key and s.policy = '' and s.window_seconds = p_window_seconds;

@@ -223,7 +223,11 @@ revoke all on function pgshield.rate_limit_storage() from public, anon, authenti
 grant execute on function pgshield.rate_limit_storage() to service_role;
 
 -- Sets the persistence of one counter sequence (PostgreSQL 15 and later can
--- make sequences unlogged; older servers keep them logged).
+-- make sequences unlogged; older servers keep them logged), only when it
+-- differs: ALTER SEQUENCE takes an ACCESS EXCLUSIVE lock even when it changes
+-- nothing, and every decision of the policy holds a lock on its counters
+-- until its transaction ends (a redefinition would queue behind them and
+-- every new decision behind it).
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.rate_limit_set_sequence_storage(p_seq regclass, p_mode text)
 returns void
@@ -231,7 +235,9 @@ language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  if current_setting('server_version_num')::integer >= 150000 then
+  if current_setting('server_version_num')::integer >= 150000
+     and (select c.relpersistence from pg_class c where c.oid = p_seq)
+         is distinct from (case p_mode when 'unlogged' then 'u' else 'p' end) then
     execute format('alter sequence %s set %s', p_seq, case p_mode when 'unlogged' then 'unlogged' else 'logged' end);
   end if;
 end
