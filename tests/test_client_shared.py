@@ -14,8 +14,12 @@ import threading
 from collections import Counter
 
 import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
 
-from pgshield import AsyncBreaker, AsyncShield, Breaker, BreakerOpen, Shield
+from pgshield import AsyncBreaker, AsyncShield, Breaker, BreakerOpen, RateLimiter, Shield
+from pgshield.client import Op, scalar
+from pgshield.errors import Unavailable
 from support import run_threads
 
 THREADS = 16
@@ -147,3 +151,93 @@ def test_an_async_shield_with_a_timeout_shared_by_tasks_counts_every_call_once(
     assert conn.execute(
         "select count from pgshield.rate_limit_state where key = 'pgshield-t-shared-async'"
     ).fetchone() == (THREADS * CALLS,)
+
+
+def test_a_limiter_never_sends_the_calls_its_callers_stopped_waiting_for(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """While the key's row is locked, every hit times out and gets the fallback; the calls
+    queued behind the one connection meanwhile must not run (and consume) once it is free."""
+    conn.execute("select public.increment_rate_limit('pgshield-t-backlog', 1000000, 3600)")
+    holder = psycopg.connect(db)
+    holder.execute(
+        "update pgshield.rate_limit_state set count = count where key = 'pgshield-t-backlog'"
+    )
+    limiter = RateLimiter(db, limit=1_000_000, window=3600, on_error="closed", timeout=0.2)
+    answers: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        while not stop.is_set():
+            decision = limiter.hit("pgshield-t-backlog")
+            with lock:
+                answers["degraded" if decision.degraded else "answered"] += 1
+
+    threads = [threading.Thread(target=work, args=(i, barrier)) for i, barrier in _barrier(8)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(1.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    # The call in flight has hit its statement timeout by now (0.2 s): nothing is sent.
+    threading.Event().wait(1.0)
+    holder.rollback()
+    holder.close()
+    threading.Event().wait(1.0)  # what is still queued runs now, if it runs at all
+    try:
+        count = conn.execute(
+            "select count from pgshield.rate_limit_state where key = 'pgshield-t-backlog'"
+        ).fetchone()
+        assert answers["answered"] == 0 and answers["degraded"] > 8
+        assert count == (1,), "calls answered with the fallback consumed after all"
+    finally:
+        limiter.close()
+
+
+def _barrier(n: int) -> list[tuple[int, threading.Barrier]]:
+    barrier = threading.Barrier(n)
+    return [(i, barrier) for i in range(n)]
+
+
+def test_a_pool_that_cannot_hand_out_a_connection_in_time_is_unavailable(
+    db: str, conn: psycopg.Connection
+) -> None:
+    with ConnectionPool(db, min_size=1, max_size=1, open=True) as pool:
+        shield = Shield(pool, timeout=0.3)
+        limiter = RateLimiter(shield, limit=5, window=60, on_error="closed", timeout=1.0)
+        with pool.connection():  # the only connection, held
+            with pytest.raises(Unavailable, match="no connection from the pool"):
+                shield.rate_limits.hit("pgshield-t-pool", limit=5, window=60)
+            decision = limiter.hit("pgshield-t-pool")
+            assert decision.degraded and not decision.allowed
+        assert shield.rate_limits.hit("pgshield-t-pool", limit=5, window=60).allowed
+
+
+def test_calls_from_a_pool_without_autocommit_keep_their_timeout_isolation_and_retries(
+    db: str, conn: psycopg.Connection
+) -> None:
+    conn.execute(
+        "create sequence public.pgshield_t_flaky;"
+        " create function public.pgshield_t_flaky() returns int language plpgsql as $$"
+        " begin"
+        "   if nextval('public.pgshield_t_flaky') = 1 then"
+        "     raise exception using errcode = '40001', message = 'simulated';"
+        "   end if;"
+        "   return 1;"
+        " end $$"
+    )
+    settings = Op(
+        "select current_setting('transaction_isolation') || ' ' ||"
+        " current_setting('statement_timeout') as s",
+        {},
+        scalar,
+    )
+    with ConnectionPool(db, min_size=1, max_size=1, open=True) as pool:  # not autocommit
+        shield = Shield(pool, timeout=1.0, isolation="repeatable read")
+        assert shield.call(settings) == "repeatable read 1s"
+        assert shield.call(Op("select public.pgshield_t_flaky() as v", {}, scalar)) == 1
+        with pool.connection() as c:
+            assert c.autocommit is False, "the pool's connection is handed back as it was"

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import psycopg
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout, TooManyRequests
 
 from pgshield.errors import Retryable, ShieldError, Unavailable, translate
 
@@ -155,6 +155,11 @@ class _Watchdog:
             entry[2] = None
             return bool(entry[4])
 
+    def fired(self, entry: list[Any]) -> bool:
+        """True when the deadline has fired (the entry keeps watching otherwise)."""
+        with self._cv:
+            return bool(entry[4])
+
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -181,6 +186,22 @@ def _no_answer(timeout: float) -> Unavailable:
         f"no answer from the database within {timeout + DEADLINE_GRACE:g} s",
         hint="the server is unreachable or stopped; the connection was closed",
     )
+
+
+def _no_pooled_connection(exc: Exception) -> Unavailable:
+    return Unavailable(
+        f"no connection from the pool: {exc}",
+        hint="the pool is exhausted or cannot reach the server",
+    )
+
+
+def _check_deadline(deadline: float | None) -> None:
+    """Raise Unavailable when the caller stopped waiting before the call could be sent."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise Unavailable(
+            "the call was not sent: its caller had stopped waiting for it",
+            hint="the connection stayed busy with earlier calls; pass a pool for calls at once",
+        )
 
 
 class _Settings:
@@ -297,14 +318,25 @@ class SyncClient(_Settings):
             return self._conn
 
     # ------------------------------------------------------------ execution --
-    def call(self, op: Op[T], conn: psycopg.Connection | None = None) -> T:
-        """Run one :class:`Op` and return what its ``parse`` makes of the rows."""
+    def call(
+        self, op: Op[T], conn: psycopg.Connection | None = None, *, deadline: float | None = None
+    ) -> T:
+        """Run one :class:`Op` and return what its ``parse`` makes of the rows.
+
+        ``deadline`` (``time.monotonic()``): a call still waiting for the connection then is
+        not sent (Unavailable): its caller has given up on it, so it must not consume.
+        """
         if conn is not None:
             return self._run(conn, op)
         if isinstance(self.source, ConnectionPool):
-            with self.source.connection(timeout=self.timeout) as pooled:
-                return self._run(pooled, op)
+            try:
+                with self.source.connection(timeout=self.timeout) as pooled:
+                    _check_deadline(deadline)
+                    return self._run_pooled(pooled, op)
+            except (PoolTimeout, TooManyRequests) as exc:
+                raise _no_pooled_connection(exc) from exc
         with self._busy:
+            _check_deadline(deadline)
             if isinstance(self.source, psycopg.Connection):
                 return self._run(self.source, op)
             try:
@@ -312,6 +344,19 @@ class SyncClient(_Settings):
             except Unavailable:
                 self.close()
                 raise
+
+    def _run_pooled(self, conn: psycopg.Connection, op: Op[T]) -> T:
+        """A pooled connection is idle when handed out: the call owns its transaction, as
+        on pgshield's own autocommit connection (its timeout, isolation and retries apply),
+        also in a pool whose connections are not autocommit."""
+        if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            return self._run(conn, op)
+        conn.autocommit = True
+        try:
+            return self._run(conn, op)
+        finally:
+            if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                conn.autocommit = False
 
     def _run(self, conn: psycopg.Connection, op: Op[T]) -> T:
         if self.timeout is None:
@@ -329,7 +374,8 @@ class SyncClient(_Settings):
             try:
                 return self._answer(conn, op, own)
             except psycopg.Error as exc:
-                if watch is not None and _WATCHDOG.disarm(watch):
+                # Only asked, not disarmed: the deadline keeps watching the retries.
+                if watch is not None and _WATCHDOG.fired(watch):
                     raise _no_answer(self.timeout or 0) from exc
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
@@ -404,14 +450,26 @@ class AsyncClient(_Settings):
                 )
             return self._conn
 
-    async def call(self, op: Op[T], conn: psycopg.AsyncConnection | None = None) -> T:
-        """Run one :class:`Op` and return what its ``parse`` makes of the rows."""
+    async def call(
+        self,
+        op: Op[T],
+        conn: psycopg.AsyncConnection | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """Run one :class:`Op` and return what its ``parse`` makes of the rows (``deadline``:
+        as :meth:`SyncClient.call`)."""
         if conn is not None:
             return await self._run(conn, op)
         if isinstance(self.source, AsyncConnectionPool):
-            async with self.source.connection(timeout=self.timeout) as pooled:
-                return await self._run(pooled, op)
+            try:
+                async with self.source.connection(timeout=self.timeout) as pooled:
+                    _check_deadline(deadline)
+                    return await self._run_pooled(pooled, op)
+            except (PoolTimeout, TooManyRequests) as exc:
+                raise _no_pooled_connection(exc) from exc
         async with self._busy:
+            _check_deadline(deadline)
             if isinstance(self.source, psycopg.AsyncConnection):
                 return await self._run(self.source, op)
             try:
@@ -419,6 +477,17 @@ class AsyncClient(_Settings):
             except Unavailable:
                 await self.close()
                 raise
+
+    async def _run_pooled(self, conn: psycopg.AsyncConnection, op: Op[T]) -> T:
+        """As :meth:`SyncClient._run_pooled`."""
+        if conn.autocommit or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            return await self._run(conn, op)
+        await conn.set_autocommit(True)
+        try:
+            return await self._run(conn, op)
+        finally:
+            if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                await conn.set_autocommit(False)
 
     async def _run(self, conn: psycopg.AsyncConnection, op: Op[T]) -> T:
         if self.timeout is None:

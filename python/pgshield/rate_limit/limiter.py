@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -174,10 +175,16 @@ class RateLimiter(_LimiterBase):
 
     def _decide(self, name: str, cost: int, endpoint: str | None, peek: bool) -> Decision:
         op = self.spec.op(name, cost, endpoint, peek=peek)
-        call: Callable[[], Decision] = lambda: self.client.call(op)  # noqa: E731
+        if self.spec.timeout is None:
+            try:
+                return self.client.call(op)
+            except Unavailable as exc:
+                return self.spec.fallback(name, cost, exc)
+        # A call whose answer is no longer awaited (it waited for a worker or the connection
+        # past the deadline) is not sent: it must not consume after its caller got a fallback.
+        deadline = time.monotonic() + self.spec.timeout
+        call: Callable[[], Decision] = lambda: self.client.call(op, deadline=deadline)  # noqa: E731
         try:
-            if self.spec.timeout is None:
-                return call()
             return self._executor().submit(call).result(timeout=self.spec.timeout)
         except (Unavailable, concurrent.futures.TimeoutError) as exc:
             return self.spec.fallback(name, cost, exc)
