@@ -82,3 +82,50 @@ def test_migrations_resolve_nothing_through_a_writable_search_path(
     migrate(trap)
     assert trap.execute("select pgshield.version()").fetchone() is not None
     assert trap.execute("select count(*) from public.pgshield_t_pwned").fetchone() == (0,)
+
+
+def test_the_runner_itself_resolves_nothing_through_a_writable_search_path(
+    trap: psycopg.Connection,
+) -> None:
+    # The runner's own queries ran before each migration pinned its path: exact-type
+    # look-alikes of what they call beat pg_catalog's (which take int8, oid, anyarray).
+    trap.execute(f"set role {ATTACKER}")
+    for signature, returns, body in [
+        ("hashtextextended(text, integer)", "bigint", "select 1::bigint"),
+        ("unnest(text[])", "setof text", "select null::text where false"),
+        ("has_schema_privilege(regnamespace, text)", "boolean", "select true"),
+    ]:
+        trap.execute(
+            f"create function public.{signature} returns {returns} language sql as"
+            f" $$ insert into public.pgshield_t_pwned values ('{signature.split('(')[0]}');"
+            f" {body} $$"
+        )
+    trap.execute("reset role")
+    trap.execute("set search_path = public, pg_catalog")  # a session that lists public first
+    migrate(trap)
+    assert trap.execute("select pgshield.version()").fetchone() is not None
+    assert trap.execute("select what from public.pgshield_t_pwned").fetchall() == []
+    assert trap.execute("show search_path").fetchone() == ("public, pg_catalog",)
+
+
+def test_a_pgshield_schema_made_by_someone_else_is_refused_before_anything_runs(
+    trap: psycopg.Connection,
+) -> None:
+    trap.execute(f"grant create on database {trap.info.dbname} to {ATTACKER}")
+    trap.execute(f"set role {ATTACKER}")
+    trap.execute("create schema pgshield")
+    trap.execute("reset role")
+    try:
+        with pytest.raises(MigrationError) as caught:
+            migrate(trap)
+        assert caught.value.sqlstate == "42501"
+        assert f"belongs to {ATTACKER}" in str(caught.value)
+        applied = trap.execute(
+            "select count(*) from pg_proc where pronamespace = 'pgshield'::regnamespace"
+        ).fetchone()
+        assert applied == (0,)
+        recorded = trap.execute("select to_regclass('supabase_migrations.pgshield_checksums')")
+        assert recorded.fetchone() == (None,), "nothing was applied, so nothing is recorded"
+    finally:
+        trap.execute("drop schema pgshield")
+        trap.execute(f"revoke create on database {trap.info.dbname} from {ATTACKER}")

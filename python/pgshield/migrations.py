@@ -10,20 +10,22 @@ migration exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import pq
 
 from pgshield.errors import MigrationError, translate
 from pgshield.resources import migrations_dir
 
 NAME_RE = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)\.sql$")
-LOCK_SQL = "select pg_advisory_xact_lock(hashtextextended('pgshield.migrate', 0))"
+LOCK_SQL = "select pg_advisory_xact_lock(hashtextextended('pgshield.migrate', 0::int8))"
 PIN_SEARCH_PATH = "set local search_path = pg_catalog, pg_temp"
 BOOKKEEPING_SQL = """
 create schema if not exists supabase_migrations;
@@ -140,6 +142,29 @@ def _has_code(stmt: str) -> bool:
     return bool(without.strip())
 
 
+@contextlib.contextmanager
+def pinned_search_path(conn: psycopg.Connection) -> Iterator[None]:
+    """Run the block with the session's search_path pinned to ``pg_catalog, pg_temp``.
+
+    Everything the runner sends (its own queries, the compat stub, each migration) then
+    resolves no function, operator or type through a schema other roles can write to
+    (CVE-2018-1058: a look-alike ``public.unnest(text[])`` or ``public.hashtextextended(text,
+    integer)`` would otherwise run as the migrator). The caller's value is restored after.
+    """
+    row = conn.execute("show search_path").fetchone()
+    saved = row[0] if row else None
+    conn.execute("set search_path = pg_catalog, pg_temp")
+    try:
+        yield
+    finally:
+        if (
+            saved is not None
+            and not conn.closed
+            and (conn.info.transaction_status == pq.TransactionStatus.IDLE)
+        ):
+            conn.execute("select pg_catalog.set_config('search_path', %s, false)", (saved,))
+
+
 def _applied(conn: psycopg.Connection) -> tuple[set[str], dict[str, str]]:
     """Applied versions and the checksums pgshield recorded for them."""
     exists = conn.execute(
@@ -168,7 +193,8 @@ def status(
     """Every pack migration with whether it is applied, and whether its file was edited since."""
     migrations = discover() if migrations is None else migrations
     try:
-        versions, sums = _applied(conn)
+        with pinned_search_path(conn):
+            versions, sums = _applied(conn)
     except psycopg.Error as exc:
         raise translate(exc) from exc
     return [
@@ -211,8 +237,18 @@ def migrate(
         return [s.migration for s in states if not s.applied]
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
+    with pinned_search_path(conn):
+        return _apply(conn, states, progress)
+
+
+def _apply(
+    conn: psycopg.Connection,
+    states: list[MigrationState],
+    progress: Callable[[Migration], None] | None,
+) -> list[Migration]:
     pending = [s.migration for s in states if not s.applied]
     if pending:
+        _refuse_foreign_schema(conn)
         _refuse_missing_platform(conn)
         _refuse_foreign_types(conn, pending)
     applied: list[Migration] = []
@@ -234,12 +270,14 @@ def migrate(
                 # a look-alike public.format(text, text) would otherwise run as the migrator).
                 conn.execute(PIN_SEARCH_PATH)
                 conn.execute(migration.sql)
-                conn.execute("reset search_path")
+                conn.execute(PIN_SEARCH_PATH)  # whatever the file set, for the bookkeeping
                 record(conn, migration)
         except psycopg.Error as exc:
             err = translate(exc)
             raise MigrationError(
-                f"{migration.filename}: {err}", sqlstate=err.sqlstate, hint=err.hint
+                f"{migration.filename}: {err.args[0] if err.args else err}",
+                sqlstate=err.sqlstate,
+                hint=err.hint,
             ) from exc
         applied.append(migration)
     return applied
@@ -267,6 +305,33 @@ select x.what, x.present
     ('function auth.uid()', case when u.ok then to_regprocedure('auth.uid()') is not null end)
   ) x(what, present)
 """
+
+
+def _refuse_foreign_schema(conn: psycopg.Connection) -> None:
+    """Refuse to start when schema pgshield exists and belongs to a role the migrator is not.
+
+    The core migration creates the schema only when it is missing, so one made beforehand by
+    another role would be kept, and its owner could replace the functions the pack's security
+    definer functions call (they would then run that code as the migrator).
+    """
+    # Yours: you own it, a superuser does, or you are a member of its owner (for a superuser
+    # every role counts as one: that proves nothing).
+    row = conn.execute(
+        "select n.nspowner::regrole::text,"
+        "       n.nspowner = u.oid or o.rolsuper"
+        "       or (not u.rolsuper and pg_has_role(u.oid, n.nspowner, 'member'))"
+        "  from pg_namespace n"
+        "  join pg_roles o on o.oid = n.nspowner"
+        " cross join (select r.oid, r.rolsuper from pg_roles r where r.rolname = current_user) u"
+        " where n.nspname = 'pgshield'"
+    ).fetchone()
+    if row is not None and not row[1]:
+        raise MigrationError(
+            f"refusing to migrate: schema pgshield exists and belongs to {row[0]}, not to you",
+            sqlstate="42501",
+            hint="it was not created by this role's migrations: find out who made it, drop it,"
+            " then migrate again (or migrate as its owner)",
+        )
 
 
 def _refuse_missing_platform(conn: psycopg.Connection) -> None:

@@ -11,7 +11,7 @@ import psycopg
 from pgshield.client import connect
 from pgshield.embedded import Cluster
 from pgshield.errors import translate
-from pgshield.migrations import migrate
+from pgshield.migrations import migrate, pinned_search_path
 from pgshield.resources import compat_sql
 
 
@@ -21,7 +21,7 @@ def available_extensions(conn: psycopg.Connection) -> set[str]:
 
 def prepare_database(dsn: str, *, apply_migrations: bool = True) -> None:
     """Apply the compat stub, create pgtap (when installed) and apply the migrations."""
-    with connect(dsn) as conn:
+    with connect(dsn) as conn, pinned_search_path(conn):
         try:
             conn.execute(compat_sql())
             if "pgtap" in available_extensions(conn):

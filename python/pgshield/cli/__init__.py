@@ -12,7 +12,7 @@ from pgshield.cli.context import dsn_option, expected_errors, resolve_dsn
 from pgshield.cli.db import db
 from pgshield.cli.output import emit, emit_json, json_option
 from pgshield.client import connect
-from pgshield.migrations import Migration
+from pgshield.migrations import Migration, pinned_search_path
 from pgshield.migrations import export as export_migrations
 from pgshield.migrations import migrate as run_migrations
 from pgshield.migrations import status as migration_status
@@ -55,7 +55,7 @@ def migrate(dsn: str | None, dry_run: bool, with_compat: bool, as_json: bool) ->
     Example: pgshield migrate --dsn "$DATABASE_URL" --dry-run
     """
     dsn = resolve_dsn(dsn, apply_migrations=False)
-    with connect(dsn, timeout=10) as conn:
+    with connect(dsn, timeout=10) as conn, pinned_search_path(conn):
         if with_compat and not dry_run:
             conn.execute(compat_sql())
         before = installed_version(conn)
