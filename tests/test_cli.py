@@ -139,3 +139,18 @@ def test_doctor_on_a_fresh_project_database(db: str) -> None:
     assert preloaded, "the test cluster preloads pg_cron"
     assert cron["status"] == "warn"
     assert f"not {here!r}" in cron["detail"] and "schedule_in_database" in cron["detail"]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:S3cr%zzet@127.0.0.1:1/postgres",  # libpq quotes the bad token
+        "postgresql://app:S3cr%zzet@[::1/postgres",  # ... or the whole URI
+        "host=127.0.0.1 port=1 user=app password=S3cr%zzet",
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "status", "doctor"])
+def test_an_error_line_never_shows_the_password(dsn: str, command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--dsn", dsn])
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert "S3cr" not in result.output and "zzet" not in result.output, result.output

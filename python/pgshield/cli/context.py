@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -50,14 +51,45 @@ def one_line(exc: ShieldError | psycopg.Error) -> str:
     return str(err)
 
 
+_URI_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)(?P<pw>[^@\s\"']+)(?=@)", re.I
+)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def dsn_passwords(*dsns: str | None) -> list[str]:
+    """The passwords written in these connection strings, found without parsing them (a DSN
+    libpq cannot parse is exactly the one whose error message may quote it)."""
+    found: list[str] = []
+    for dsn in dsns:
+        for rx in (_URI_PASSWORD, _KV_PASSWORD):
+            found += [m.group("pw").strip("'") for m in rx.finditer(dsn or "")]
+    return [pw for pw in found if pw]
+
+
+def masked(text: str, passwords: list[str]) -> str:
+    """``text`` with every password of ``passwords`` and every URI or key=value password
+    replaced by ``***``."""
+    for pw in sorted(set(passwords), key=len, reverse=True):
+        text = text.replace(pw, "***")
+    text = _URI_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+
+
 def expected_errors(func: F) -> F:
-    """Print database and pgshield errors as one ``Error: ...`` line and exit 1, no traceback."""
+    """Print database and pgshield errors as one ``Error: ...`` line and exit 1, no traceback.
+
+    The line never shows a password: libpq quotes the part of a connection string it could not
+    parse, which may be the password itself."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except (ShieldError, psycopg.Error) as exc:
-            raise click.ClickException(one_line(exc)) from exc
+            secrets = dsn_passwords(
+                kwargs.get("dsn"), os.environ.get("PGSHIELD_DSN"), os.environ.get("DATABASE_URL")
+            )
+            raise click.ClickException(masked(one_line(exc), secrets)) from exc
 
     return wrapper  # type: ignore[return-value]
