@@ -10,6 +10,8 @@ time; every answer must come from the database, exactly.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from collections import Counter
 
@@ -241,3 +243,44 @@ def test_calls_from_a_pool_without_autocommit_keep_their_timeout_isolation_and_r
         assert shield.call(Op("select public.pgshield_t_flaky() as v", {}, scalar)) == 1
         with pool.connection() as c:
             assert c.autocommit is False, "the pool's connection is handed back as it was"
+
+
+def test_the_deadline_still_holds_for_a_retry_the_server_stops_answering(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """A call retried after 40001 is still bounded by timeout + grace: the first failure used
+    to turn the sync deadline off, and a server that then stopped answering hung the call."""
+    conn.execute(
+        "create sequence public.pgshield_t_stall;"
+        " create function public.pgshield_t_stall() returns int language plpgsql as $$"
+        " begin"
+        "   if nextval('public.pgshield_t_stall') = 1 then"
+        "     raise exception using errcode = '40001', message = 'simulated';"
+        "   end if;"
+        "   perform pg_sleep(0.5);"
+        "   return 1;"
+        " end $$"
+    )
+    shield = Shield(db, timeout=1.0, retries=3)
+    try:
+        assert shield.call(Op("select 1 as v", {}, scalar)) == 1
+        pid = shield._conn.info.backend_pid  # type: ignore[union-attr]
+
+        def stop_the_retry() -> None:
+            with psycopg.connect(db, autocommit=True) as watcher:
+                while watcher.execute(
+                    "select last_value < 2 from public.pgshield_t_stall"
+                ).fetchone() == (True,):
+                    threading.Event().wait(0.005)
+            os.kill(pid, signal.SIGSTOP)  # the retry is running: the server stops answering
+            threading.Event().wait(3.0)
+            os.kill(pid, signal.SIGCONT)
+
+        stopper = threading.Thread(target=stop_the_retry)
+        stopper.start()
+        with pytest.raises(Unavailable) as caught:
+            shield.call(Op("select public.pgshield_t_stall() as v", {}, scalar))
+        stopper.join(10)
+        assert "no answer from the database within 1.5 s" in str(caught.value)
+    finally:
+        shield.close()
