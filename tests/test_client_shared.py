@@ -284,3 +284,37 @@ def test_the_deadline_still_holds_for_a_retry_the_server_stops_answering(
         assert "no answer from the database within 1.5 s" in str(caught.value)
     finally:
         shield.close()
+
+
+def test_a_call_that_cannot_have_the_connection_within_its_timeout_is_unavailable(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """Calls on one held connection take turns, but the wait for a turn counts against each
+    call's timeout: eight threads behind a call stuck on a row lock do not wait eight times."""
+    conn.execute("select public.increment_rate_limit('pgshield-t-turns', 1000000, 3600)")
+    holder = psycopg.connect(db)
+    holder.execute(
+        "update pgshield.rate_limit_state set count = count where key = 'pgshield-t-turns'"
+    )
+    shield = Shield(db, timeout=0.5)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            shield.rate_limits.hit("pgshield-t-turns", limit=1_000_000, window=3600)
+            key = "answered"
+        except Unavailable as exc:
+            key = "busy" if "stayed busy" in str(exc) else f"unavailable: {exc.sqlstate}"
+        with lock:
+            outcomes[key] += 1
+
+    try:
+        run_threads(8, work)
+    finally:
+        holder.rollback()
+        holder.close()
+        shield.close()
+    assert outcomes["answered"] == 0 and sum(outcomes.values()) == 8, outcomes
+    assert outcomes["busy"] >= 4, outcomes  # the others' turns would each have taken 0.5 s

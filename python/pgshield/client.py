@@ -12,11 +12,7 @@ direct connection, or a pooler in session mode), which an Op's ``prepared`` form
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +24,15 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout, TooManyRequests
 
+from pgshield.deadlines import (
+    DEADLINE_GRACE,
+    WATCHDOG,
+    busy_for,
+    check_deadline,
+    no_answer,
+    no_pooled_connection,
+    sever,
+)
 from pgshield.errors import Retryable, ShieldError, Unavailable, translate
 
 T = TypeVar("T")
@@ -100,108 +105,6 @@ async def connect_async(
         return await psycopg.AsyncConnection.connect(dsn, **kwargs)
     except psycopg.Error as exc:
         raise translate(exc) from exc
-
-
-# ------------------------------------------------------------- deadlines --
-# ``timeout`` is first the server's statement_timeout, which answers a slow but live server
-# with 57014. A server that answers nothing at all (a stopped backend, a frozen host) gets
-# DEADLINE_GRACE more seconds, then the connection's socket is shut down under the waiting
-# call, which then raises Unavailable. The connection is broken afterwards: pgshield drops and
-# reopens its own, a pool discards it, a caller's connection has to be reopened by the caller.
-DEADLINE_GRACE = 0.5
-
-
-def sever(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
-    """Shut down the connection's socket, so that a call blocked on it returns at once."""
-    try:
-        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
-    except (OSError, psycopg.Error):
-        return  # already closed
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-class _Watchdog:
-    """One daemon thread that severs the connections of sync calls past their deadline."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._heap: list[list[Any]] = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float, conn: psycopg.Connection) -> list[Any]:
-        # [deadline, seq, conn, disarmed, fired]
-        entry = [time.monotonic() + seconds, next(self._seq), conn, False, False]
-        with self._cv:
-            heapq.heappush(self._heap, entry)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="pgshield-deadline", daemon=True
-                )
-                self._thread.start()
-            elif self._heap[0] is entry:
-                self._cv.notify()
-        return entry
-
-    def disarm(self, entry: list[Any]) -> bool:
-        """Stop watching; True when the deadline had already fired."""
-        with self._cv:
-            entry[3] = True
-            entry[2] = None
-            return bool(entry[4])
-
-    def fired(self, entry: list[Any]) -> bool:
-        """True when the deadline has fired (the entry keeps watching otherwise)."""
-        with self._cv:
-            return bool(entry[4])
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while self._heap and self._heap[0][3]:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cv.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cv.wait(wait)
-                    continue
-                entry = heapq.heappop(self._heap)
-                entry[4] = True
-                conn = entry[2]
-            sever(conn)
-
-
-_WATCHDOG = _Watchdog()
-
-
-def _no_answer(timeout: float) -> Unavailable:
-    return Unavailable(
-        f"no answer from the database within {timeout + DEADLINE_GRACE:g} s",
-        hint="the server is unreachable or stopped; the connection was closed",
-    )
-
-
-def _no_pooled_connection(exc: Exception) -> Unavailable:
-    return Unavailable(
-        f"no connection from the pool: {exc}",
-        hint="the pool is exhausted or cannot reach the server",
-    )
-
-
-def _check_deadline(deadline: float | None) -> None:
-    """Raise Unavailable when the caller stopped waiting before the call could be sent."""
-    if deadline is not None and time.monotonic() >= deadline:
-        raise Unavailable(
-            "the call was not sent: its caller had stopped waiting for it",
-            hint="the connection stayed busy with earlier calls; pass a pool for calls at once",
-        )
 
 
 class _Settings:
@@ -331,12 +234,15 @@ class SyncClient(_Settings):
         if isinstance(self.source, ConnectionPool):
             try:
                 with self.source.connection(timeout=self.timeout) as pooled:
-                    _check_deadline(deadline)
+                    check_deadline(deadline)
                     return self._run_pooled(pooled, op)
             except (PoolTimeout, TooManyRequests) as exc:
-                raise _no_pooled_connection(exc) from exc
-        with self._busy:
-            _check_deadline(deadline)
+                raise no_pooled_connection(exc) from exc
+        # The wait for the connection counts against the call's timeout too.
+        if not self._busy.acquire(timeout=-1 if self.timeout is None else self.timeout):
+            raise busy_for(self.timeout or 0)
+        try:
+            check_deadline(deadline)
             if isinstance(self.source, psycopg.Connection):
                 return self._run(self.source, op)
             try:
@@ -344,6 +250,8 @@ class SyncClient(_Settings):
             except Unavailable:
                 self.close()
                 raise
+        finally:
+            self._busy.release()
 
     def _run_pooled(self, conn: psycopg.Connection, op: Op[T]) -> T:
         """A pooled connection is idle when handed out: the call owns its transaction, as
@@ -361,11 +269,11 @@ class SyncClient(_Settings):
     def _run(self, conn: psycopg.Connection, op: Op[T]) -> T:
         if self.timeout is None:
             return self._attempts(conn, op, None)
-        watch = _WATCHDOG.arm(self.timeout + DEADLINE_GRACE, conn)
+        watch = WATCHDOG.arm(self.timeout + DEADLINE_GRACE, conn)
         try:
             return self._attempts(conn, op, watch)
         finally:
-            _WATCHDOG.disarm(watch)
+            WATCHDOG.disarm(watch)
 
     def _attempts(self, conn: psycopg.Connection, op: Op[T], watch: list[Any] | None) -> T:
         own = self._owns_transaction(conn)
@@ -375,8 +283,8 @@ class SyncClient(_Settings):
                 return self._answer(conn, op, own)
             except psycopg.Error as exc:
                 # Only asked, not disarmed: the deadline keeps watching the retries.
-                if watch is not None and _WATCHDOG.fired(watch):
-                    raise _no_answer(self.timeout or 0) from exc
+                if watch is not None and WATCHDOG.fired(watch):
+                    raise no_answer(self.timeout or 0) from exc
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
@@ -464,12 +372,19 @@ class AsyncClient(_Settings):
         if isinstance(self.source, AsyncConnectionPool):
             try:
                 async with self.source.connection(timeout=self.timeout) as pooled:
-                    _check_deadline(deadline)
+                    check_deadline(deadline)
                     return await self._run_pooled(pooled, op)
             except (PoolTimeout, TooManyRequests) as exc:
-                raise _no_pooled_connection(exc) from exc
-        async with self._busy:
-            _check_deadline(deadline)
+                raise no_pooled_connection(exc) from exc
+        if self.timeout is None:
+            await self._busy.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self._busy.acquire(), self.timeout)
+            except asyncio.TimeoutError:
+                raise busy_for(self.timeout) from None
+        try:
+            check_deadline(deadline)
             if isinstance(self.source, psycopg.AsyncConnection):
                 return await self._run(self.source, op)
             try:
@@ -477,6 +392,8 @@ class AsyncClient(_Settings):
             except Unavailable:
                 await self.close()
                 raise
+        finally:
+            self._busy.release()
 
     async def _run_pooled(self, conn: psycopg.AsyncConnection, op: Op[T]) -> T:
         """As :meth:`SyncClient._run_pooled`."""
@@ -514,7 +431,7 @@ class AsyncClient(_Settings):
                 return await self._answer(conn, op, own)
             except psycopg.Error as exc:
                 if fired:
-                    raise _no_answer(self.timeout or 0) from exc
+                    raise no_answer(self.timeout or 0) from exc
                 err = translate(exc)
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
