@@ -13,7 +13,10 @@
 -- before the lock (16 concurrent creations with a limit of 2 made 16 teams).
 -- Each creation by a signed-in user now writes that user's row in the new
 -- table pgshield.team_creators first: the creations queue on it, and under
--- REPEATABLE READ one whose snapshot misses another fails with 40001.
+-- REPEATABLE READ one whose snapshot misses another fails with 40001. It
+-- locks the user's auth.users row (key share) before that row, in the order
+-- an account deletion takes them, so a creation racing its user's deletion
+-- fails with 23503 rather than deadlock.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -102,6 +105,11 @@ begin
     -- One creation at a time per user, so that the count below is exact:
     -- each writes the user's team_creators row first (under REPEATABLE READ,
     -- 40001 when another creation committed after this snapshot was taken).
+    -- The user's auth.users row is locked (key share) before it, in the order
+    -- an account deletion takes them (the user, then this row by its cascade):
+    -- a creation racing its user's deletion waits, then fails with 23503,
+    -- never deadlocks.
+    perform 1 from auth.users u where u.id = v_actor for key share;
     insert into pgshield.team_creators as c (user_id, creations) values (v_actor, 1)
     on conflict (user_id) do update set creations = c.creations + 1;
     v_max := coalesce((select s.max_teams_per_user from pgshield.teams_settings s where s.id), 100);

@@ -130,7 +130,7 @@ def test_at_repeatable_read_concurrent_creations_never_pass_the_teams_limit(
     assert outcomes.count("40001") >= 1  # the snapshots were taken before the others committed
     assert conn.execute(
         "select creations from pgshield.team_creators where user_id = %s", (alice,)
-    ).fetchone() == (made[0] + outcomes.count("PT409"),)
+    ).fetchone() == (made[0],), "a refused creation's write of the row is rolled back"
     # Read committed, one after another: exactly up to the limit.
     with as_user(db, alice) as c:
         shield = Shield(c)
@@ -182,3 +182,68 @@ def test_an_invitation_made_after_waiting_for_the_team_is_dated_when_the_lock_wa
         assert inv.expires_at - inv.created_at == dt.timedelta(days=7)  # type: ignore[attr-defined]
         trials += 1
     assert trials == 3
+
+
+def test_a_creation_racing_its_users_account_deletion_never_deadlocks(
+    db: str, conn: psycopg.Connection
+) -> None:
+    """The deletion holds the user's auth.users row and waits in its cascade (here for an
+    admin's change to the user's membership); the user's own creation meanwhile must wait for
+    the deletion, not take the team_creators row the cascade needs next (40P01)."""
+    alice, olga = users(conn, 2)
+    with as_user(db, alice) as a:
+        shield = Shield(a)
+        shield.teams.delete(shield.teams.create("Once", "pgshield-t-once").id)  # her row stays
+    with as_user(db, olga) as o:
+        team = Shield(o).teams.create("Olga's", "pgshield-t-olgas")
+    conn.execute(
+        "insert into pgshield.team_members (team_id, user_id, role) values (%s, %s, 'member')",
+        (team.id, alice),
+    )
+    outcome: dict[str, str] = {}
+    blocker = psycopg.connect(db)
+    blocker.execute(
+        "select 1 from pgshield.team_members where team_id = %s and user_id = %s for update",
+        (team.id, alice),
+    )
+    deleter = psycopg.connect(db)
+    creator = psycopg.connect(db)
+
+    def delete_user() -> None:
+        try:
+            deleter.execute("delete from auth.users where id = %s", (alice,))
+            deleter.commit()
+            outcome["delete"] = "committed"
+        except psycopg.Error as exc:
+            deleter.rollback()
+            outcome["delete"] = exc.sqlstate or ""
+
+    def create() -> None:
+        try:
+            creator.execute("set local role authenticated")
+            creator.execute(
+                "select set_config('request.jwt.claims', %s, true)",
+                (f'{{"role": "authenticated", "sub": "{alice}"}}',),
+            )
+            creator.execute("select public.create_team_with_owner('Two', 'pgshield-t-two')")
+            creator.commit()
+            outcome["create"] = "committed"
+        except psycopg.Error as exc:
+            creator.rollback()
+            outcome["create"] = exc.sqlstate or ""
+
+    deleting = threading.Thread(target=delete_user)
+    deleting.start()
+    wait_for_lock_wait(conn, deleter.info.backend_pid)
+    creating = threading.Thread(target=create)
+    creating.start()
+    wait_for_lock_wait(conn, creator.info.backend_pid)
+    blocker.commit()
+    deleting.join(15)
+    creating.join(15)
+    for c in (blocker, deleter, creator):
+        c.close()
+    assert outcome == {"delete": "committed", "create": "23503"}
+    assert conn.execute("select count(*) from auth.users where id = %s", (alice,)).fetchone() == (
+        0,
+    )
