@@ -86,19 +86,22 @@ insert into pgshield.guard_options (id) values (true) on conflict (id) do nothin
 
 -- request.path as PostgREST routes it: the first 1,000 characters with their
 -- %XX escapes of ASCII characters (but NUL) decoded, then the rest as sent
--- (no rule path is that long). Other escapes stay as they are: no rule can
--- name a character outside [A-Za-z0-9_./-].
+-- (no rule path is that long), with a leading '/' when it has none (a target
+-- sent without it, an empty or missing path). Other escapes stay as they
+-- are: no rule can name a character outside [A-Za-z0-9_./-].
 -- Callers: request_guard_decide. Errors: none.
 create or replace function pgshield.guard_decoded_path(p_path text) returns text
 language sql immutable
 set search_path = pg_catalog, pg_temp
 as $$
-  select coalesce(nullif(coalesce(string_agg(case when r.m[1] is not null
-                                                  then chr(get_byte(decode(r.m[1], 'hex'), 0))
-                                                  else r.m[2] end, '' order by r.n), ''), ''), '/')
-         || substr(p_path, 1001)
-    from regexp_matches(left(p_path, 1000), '%(0[1-9A-Fa-f]|[1-7][0-9A-Fa-f])|(%|[^%]+)', 'g')
-         with ordinality r(m, n)
+  select case when left(d.p, 1) = '/' then d.p else '/' || d.p end
+    from (select coalesce(string_agg(case when r.m[1] is not null
+                                          then chr(get_byte(decode(r.m[1], 'hex'), 0))
+                                          else r.m[2] end, '' order by r.n), '')
+                 || coalesce(substr(p_path, 1001), '') as p
+            from regexp_matches(left(coalesce(p_path, ''), 1000),
+                                '%(0[1-9A-Fa-f]|[1-7][0-9A-Fa-f])|(%|[^%]+)', 'g')
+                 with ordinality r(m, n)) d
 $$;
 
 revoke all on function pgshield.guard_decoded_path(text) from public, anon, authenticated, service_role;
@@ -127,14 +130,11 @@ declare
   v_read text := case when v_method = 'HEAD' then 'GET' else v_method end;
   -- PostgREST routes by the decoded path but sets request.path as sent; a
   -- target sent without its leading '/' (its server takes "POST todos") is
-  -- routed as if it had one, so it is matched with one.
-  v_path text := case when strpos(current_setting('request.path', true), '%') > 0
-                      then pgshield.guard_decoded_path(
-                             case when left(current_setting('request.path', true), 1) = '/' then '' else '/' end
-                             || current_setting('request.path', true))
-                      when left(current_setting('request.path', true), 1) = '/'
+  -- routed as if it had one, so it is matched with one. The common path (a
+  -- '/' and no '%') is taken as it is, with one test.
+  v_path text := case when current_setting('request.path', true) ~ '^/[^%]*$'
                       then current_setting('request.path', true)
-                      else '/' || coalesce(current_setting('request.path', true), '') end;
+                      else pgshield.guard_decoded_path(current_setting('request.path', true)) end;
   v_rule record;
   v_policy pgshield.rate_limit_policies;
   v_subject text;

@@ -35,11 +35,15 @@ def used(conn: psycopg.Connection) -> dict[str, list[int]]:
         ("/%%74odos%", "/%todos%"),  # a lone % stays
         ("/a%00b%c3%a9", "/a%00b%c3%a9"),  # NUL and non-ASCII escapes stay
         ("/x%2Fy", "/x/y"),
-        ("%", "%"),
+        ("%", "/%"),
+        ("pgshield_t_todos", TODOS),  # sent without its leading '/'
+        ("%70gshield_t_todos", TODOS),
+        ("", "/"),
+        (None, "/"),
     ],
 )
 def test_a_path_is_decoded_as_postgrest_routes_it(
-    conn: psycopg.Connection, sent: str, routed: str
+    conn: psycopg.Connection, sent: str | None, routed: str
 ) -> None:
     row = conn.execute("select pgshield.guard_decoded_path(%s)", (sent,)).fetchone()
     assert row == (routed,)
