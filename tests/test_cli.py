@@ -147,6 +147,9 @@ def test_doctor_on_a_fresh_project_database(db: str) -> None:
         "postgresql://app:S3cr%zzet@127.0.0.1:1/postgres",  # libpq quotes the bad token
         "postgresql://app:S3cr%zzet@[::1/postgres",  # ... or the whole URI
         "host=127.0.0.1 port=1 user=app password=S3cr%zzet",
+        "postgresql://app@127.0.0.1:1/postgres?password=S3cr%zzet&sslmode=disable",
+        "postgresql://app:S3c'r%zzet@127.0.0.1:1/postgres",  # a quote in the password
+        "host=127.0.0.1 port=1 user=app password=S3cr zzet",  # unquoted, with a space
     ],
 )
 @pytest.mark.parametrize("command", ["migrate", "status", "doctor"])
@@ -154,3 +157,11 @@ def test_an_error_line_never_shows_the_password(dsn: str, command: str) -> None:
     result = CliRunner().invoke(main, [command, "--dsn", dsn])
     assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
     assert "S3cr" not in result.output and "zzet" not in result.output, result.output
+
+
+def test_a_short_password_does_not_mangle_the_error_line() -> None:
+    result = CliRunner().invoke(
+        main, ["status", "--dsn", "host=127.0.0.1 port=1 user=app password=e sslmode=bogus"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == 'Error: connection is bad: invalid sslmode value: "bogus"'

@@ -318,3 +318,63 @@ def test_a_call_that_cannot_have_the_connection_within_its_timeout_is_unavailabl
         shield.close()
     assert outcomes["answered"] == 0 and sum(outcomes.values()) == 8, outcomes
     assert outcomes["busy"] >= 4, outcomes  # the others' turns would each have taken 0.5 s
+
+
+def test_a_retry_gets_only_what_is_left_of_the_timeout(db: str, conn: psycopg.Connection) -> None:
+    """A live but slow server answers a retry with 57014 within the call's timeout, on a
+    connection that stays usable; the retry used to get the whole timeout again, and the
+    deadline then severed the connection mid-retry ("no answer")."""
+    conn.execute(
+        "create sequence public.pgshield_t_slow;"
+        " create function public.pgshield_t_slow() returns int language plpgsql as $$"
+        " begin"
+        "   perform pg_sleep(0.8);"
+        "   if nextval('public.pgshield_t_slow') = 1 then"
+        "     raise exception using errcode = '40001', message = 'simulated';"
+        "   end if;"
+        "   return 1;"
+        " end $$"
+    )
+    shield = Shield(db, timeout=1.0, retries=3)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            shield.call(Op("select public.pgshield_t_slow() as v", {}, scalar))
+        # the server's own statement timeout (a live connection), not the deadline's severing
+        assert caught.value.sqlstate == "57014", caught.value
+        assert "statement timeout" in str(caught.value)
+    finally:
+        shield.close()
+
+
+def test_an_interrupt_as_the_turn_is_got_gives_the_turn_back(db: str) -> None:
+    """KeyboardInterrupt can land just as acquire() returns (CPython checks for signals then):
+    the turn must not stay taken, or every other thread's call would be Unavailable."""
+    shield = Shield(db, timeout=1.0)
+    real = shield._busy
+
+    class InterruptedAsItGetsTheTurn:
+        def _is_owned(self) -> bool:
+            return real._is_owned()  # type: ignore[attr-defined]
+
+        def acquire(self, timeout: float = -1) -> bool:
+            real.acquire(timeout=timeout)
+            raise KeyboardInterrupt
+
+        def release(self) -> None:
+            real.release()
+
+    shield._busy = InterruptedAsItGetsTheTurn()  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shield.call(Op("select 1 as v", {}, scalar))
+        shield._busy = real
+        got: list[int] = []
+        other = threading.Thread(
+            target=lambda: got.append(shield.call(Op("select 1 as v", {}, scalar)))
+        )
+        other.start()
+        other.join(10)
+        assert got == [1], "the turn was left taken"
+    finally:
+        shield._busy = real
+        shield.close()

@@ -296,3 +296,20 @@ def test_plain_postgres_is_refused_before_anything_then_takes_the_compat_stub(
             assert [s.migration.filename for s in status(conn) if not s.applied] == []
     finally:
         backend.drop(name)
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_the_runner_gives_the_callers_search_path_back(db: str, autocommit: bool) -> None:
+    with psycopg.connect(db, autocommit=autocommit) as conn:
+        conn.execute('set search_path = "$user", public, extensions')
+        conn.commit()
+        status(conn)
+        if not autocommit:
+            with pytest.raises(MigrationError, match="autocommit"):
+                migrate(conn)
+        conn.commit()
+        assert conn.execute("show search_path").fetchone() == ('"$user", public, extensions',)
+        conn.commit()
+        if autocommit:
+            migrate(conn)  # nothing pending: the path comes back all the same
+            assert conn.execute("show search_path").fetchone() == ('"$user", public, extensions',)

@@ -24,6 +24,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout, TooManyRequests
 
+from pgshield.connections import connect, connect_async
 from pgshield.deadlines import (
     DEADLINE_GRACE,
     WATCHDOG,
@@ -70,41 +71,11 @@ def scalar(rows: list[Row]) -> Any:
 
 # libpq 14 or later: statements can be pipelined (the binary package bundles a newer one).
 _PIPELINE = psycopg.Pipeline.is_supported()
-# psycopg's own default: a statement is prepared on its fifth run (an Op's ``prepared`` at once).
-PREPARE_THRESHOLD = 5
 # The SQLSTATEs that mean a prepared form cannot run for this role or installation (no grant,
 # no such schema, table or column): the client then keeps to the functions.
 _PREPARED_REFUSED = ("42501", "3F000", "42P01", "42703")
-
-
-def connect(dsn: str, *, timeout: float | None = None, prepare: bool = False) -> psycopg.Connection:
-    """Open a connection the way pgshield uses it (autocommit; prepared statements if asked)."""
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "prepare_threshold": PREPARE_THRESHOLD if prepare else None,
-    }
-    if timeout is not None:
-        kwargs["connect_timeout"] = max(1, int(timeout + 0.999))
-    try:
-        return psycopg.connect(dsn, **kwargs)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-
-
-async def connect_async(
-    dsn: str, *, timeout: float | None = None, prepare: bool = False
-) -> psycopg.AsyncConnection:
-    """The asyncio twin of :func:`connect`."""
-    kwargs: dict[str, Any] = {
-        "autocommit": True,
-        "prepare_threshold": PREPARE_THRESHOLD if prepare else None,
-    }
-    if timeout is not None:
-        kwargs["connect_timeout"] = max(1, int(timeout + 0.999))
-    try:
-        return await psycopg.AsyncConnection.connect(dsn, **kwargs)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+# A retry is not started with less of the call's timeout left than this (seconds).
+RETRY_FLOOR = 0.05
 
 
 class _Settings:
@@ -132,19 +103,27 @@ class _Settings:
         self.prepared_statements = prepared_statements
         self._prepared_refused = False
 
-    def _preamble(self) -> list[tuple[str, Mapping[str, Any]]]:
-        """Statements that open our own transaction for one call (none: run in autocommit)."""
+    def _preamble(self, left: float | None = None) -> list[tuple[str, Mapping[str, Any]]]:
+        """Statements that open our own transaction for one call (none: run in autocommit).
+        ``left``: the seconds of the call's timeout not yet used (a retry gets only those, so
+        that a live server answers 57014 before the deadline severs the connection)."""
         stmts: list[tuple[str, Mapping[str, Any]]] = []
         if self.isolation:
             stmts.append((f"set transaction isolation level {self.isolation}", {}))
         if self.timeout is not None:
+            budget = self.timeout if left is None else max(min(left, self.timeout), 0.001)
             stmts.append(
                 (
                     "select set_config('statement_timeout', %(ms)s::text, true)",
-                    {"ms": str(int(self.timeout * 1000))},
+                    {"ms": str(max(int(budget * 1000), 1))},
                 )
             )
         return stmts
+
+    def _retry_left(self, started: float) -> float | None:
+        """Seconds of the timeout left for a retry (None: no timeout); below RETRY_FLOOR the
+        call does not retry."""
+        return None if self.timeout is None else self.timeout - (time.monotonic() - started)
 
     def _pipelined(self) -> bool:
         """True when the preamble and the call may go as one pipeline, in the implicit
@@ -238,8 +217,16 @@ class SyncClient(_Settings):
                     return self._run_pooled(pooled, op)
             except (PoolTimeout, TooManyRequests) as exc:
                 raise no_pooled_connection(exc) from exc
-        # The wait for the connection counts against the call's timeout too.
-        if not self._busy.acquire(timeout=-1 if self.timeout is None else self.timeout):
+        # The wait for the connection counts against the call's timeout too. An interrupt
+        # (KeyboardInterrupt) raised as the turn was got gives it back.
+        held = self._busy._is_owned()  # type: ignore[attr-defined]
+        try:
+            got = self._busy.acquire(timeout=-1 if self.timeout is None else self.timeout)
+        except BaseException:
+            if not held and self._busy._is_owned():  # type: ignore[attr-defined]
+                self._busy.release()
+            raise
+        if not got:
             raise busy_for(self.timeout or 0)
         try:
             check_deadline(deadline)
@@ -278,9 +265,11 @@ class SyncClient(_Settings):
     def _attempts(self, conn: psycopg.Connection, op: Op[T], watch: list[Any] | None) -> T:
         own = self._owns_transaction(conn)
         attempt = 0
+        started = time.monotonic()
+        left: float | None = None
         while True:
             try:
-                return self._answer(conn, op, own)
+                return self._answer(conn, op, own, left)
             except psycopg.Error as exc:
                 # Only asked, not disarmed: the deadline keeps watching the retries.
                 if watch is not None and WATCHDOG.fired(watch):
@@ -289,26 +278,35 @@ class SyncClient(_Settings):
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
                     time.sleep(self._backoff(attempt))
-                    continue
+                    left = self._retry_left(started)
+                    if left is None or left >= RETRY_FLOOR:
+                        continue
                 raise err from exc
 
-    def _answer(self, conn: psycopg.Connection, op: Op[T], own: bool) -> T:
+    def _answer(
+        self, conn: psycopg.Connection, op: Op[T], own: bool, left: float | None = None
+    ) -> T:
         fast = self._prepared_form(conn, op, own)
         if fast is not None:
             try:
-                got = fast.parse(self._execute(conn, fast, own, prepare=True))
+                got = fast.parse(self._execute(conn, fast, own, prepare=True, left=left))
             except psycopg.Error as exc:
                 if not self._refused(exc):
                     raise
             else:
                 if got is not None:
                     return got
-        return op.parse(self._execute(conn, op, own))
+        return op.parse(self._execute(conn, op, own, left=left))
 
     def _execute(
-        self, conn: psycopg.Connection, op: Op[Any], own: bool, prepare: bool | None = None
+        self,
+        conn: psycopg.Connection,
+        op: Op[Any],
+        own: bool,
+        prepare: bool | None = None,
+        left: float | None = None,
     ) -> list[Row]:
-        preamble = self._preamble() if own else []
+        preamble = self._preamble(left) if own else []
         with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
                 cur.execute(op.sql, op.params, prepare=prepare)
@@ -426,9 +424,11 @@ class AsyncClient(_Settings):
     ) -> T:
         own = self._owns_transaction(conn)
         attempt = 0
+        started = time.monotonic()
+        left: float | None = None
         while True:
             try:
-                return await self._answer(conn, op, own)
+                return await self._answer(conn, op, own, left)
             except psycopg.Error as exc:
                 if fired:
                     raise no_answer(self.timeout or 0) from exc
@@ -436,26 +436,35 @@ class AsyncClient(_Settings):
                 if isinstance(err, Retryable) and own and attempt < self.retries:
                     attempt += 1
                     await asyncio.sleep(self._backoff(attempt))
-                    continue
+                    left = self._retry_left(started)
+                    if left is None or left >= RETRY_FLOOR:
+                        continue
                 raise err from exc
 
-    async def _answer(self, conn: psycopg.AsyncConnection, op: Op[T], own: bool) -> T:
+    async def _answer(
+        self, conn: psycopg.AsyncConnection, op: Op[T], own: bool, left: float | None = None
+    ) -> T:
         fast = self._prepared_form(conn, op, own)
         if fast is not None:
             try:
-                got = fast.parse(await self._execute(conn, fast, own, prepare=True))
+                got = fast.parse(await self._execute(conn, fast, own, prepare=True, left=left))
             except psycopg.Error as exc:
                 if not self._refused(exc):
                     raise
             else:
                 if got is not None:
                     return got
-        return op.parse(await self._execute(conn, op, own))
+        return op.parse(await self._execute(conn, op, own, left=left))
 
     async def _execute(
-        self, conn: psycopg.AsyncConnection, op: Op[Any], own: bool, prepare: bool | None = None
+        self,
+        conn: psycopg.AsyncConnection,
+        op: Op[Any],
+        own: bool,
+        prepare: bool | None = None,
+        left: float | None = None,
     ) -> list[Row]:
-        preamble = self._preamble() if own else []
+        preamble = self._preamble(left) if own else []
         async with conn.cursor(row_factory=dict_row) as cur:
             if not preamble:
                 await cur.execute(op.sql, op.params, prepare=prepare)

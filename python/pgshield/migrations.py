@@ -157,10 +157,13 @@ def pinned_search_path(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
+        # Inside a transaction (the caller's, or psycopg's own on a connection that is not
+        # autocommit) the value is put back in it: at commit the session keeps the caller's
+        # path. A failed transaction undoes the SET itself when it is rolled back.
         if (
             saved is not None
             and not conn.closed
-            and (conn.info.transaction_status == pq.TransactionStatus.IDLE)
+            and conn.info.transaction_status != pq.TransactionStatus.INERROR
         ):
             conn.execute("select pg_catalog.set_config('search_path', %s, false)", (saved,))
 

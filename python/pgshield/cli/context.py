@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+from psycopg import conninfo
 
 from pgshield.errors import SCHEMA_HINT, NotAllowed, ShieldError, translate
 
@@ -51,29 +52,48 @@ def one_line(exc: ShieldError | psycopg.Error) -> str:
     return str(err)
 
 
-_URI_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)(?P<pw>[^@\s\"']+)(?=@)", re.I
+# Passwords in connection strings libpq could not parse (then nothing is known for sure):
+# a URI's user:password@ (quotes and all), a URI's ?password= or &password=, a key=value
+# password (quoted, or up to the next key=).
+_URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#\s]+)", re.I)
+_KV_PASSWORD = re.compile(
+    r"(?P<head>(?<![?&\w])password\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|.+?)(?=\s+\w+\s*=|\s*$)",
+    re.I,
 )
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_FORMS = (_URI_PASSWORD, _QUERY_PASSWORD, _KV_PASSWORD)
+# A literal replace of a shorter password would mangle the message's own words.
+_MIN_LITERAL = 4
 
 
-def dsn_passwords(*dsns: str | None) -> list[str]:
-    """The passwords written in these connection strings, found without parsing them (a DSN
-    libpq cannot parse is exactly the one whose error message may quote it)."""
-    found: list[str] = []
-    for dsn in dsns:
-        for rx in (_URI_PASSWORD, _KV_PASSWORD):
-            found += [m.group("pw").strip("'") for m in rx.finditer(dsn or "")]
-    return [pw for pw in found if pw]
+def masked(text: str, dsn: str | None) -> str:
+    """``text`` (an error message) with no password of ``dsn`` left in it.
+
+    A DSN libpq parses gives its password, replaced wherever it appears. For one it cannot
+    parse, libpq's message quotes the token it stopped at: every quoted part of the message is
+    then replaced, and so is every password the patterns find in the DSN."""
+    secrets: list[str] = []
+    try:
+        password = conninfo.conninfo_to_dict(dsn or "").get("password")
+        if password:
+            secrets.append(str(password))
+    except psycopg.Error:
+        text = re.sub(r'"[^"]*"', '"***"', text)
+        for rx in _FORMS:
+            secrets += [m.group("pw").strip("'") for m in rx.finditer(dsn or "")]
+    for secret in sorted({x for x in secrets if len(x) >= _MIN_LITERAL}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    for rx in _FORMS:
+        text = rx.sub(lambda m: m.group("head") + "***", text)
+    return text
 
 
-def masked(text: str, passwords: list[str]) -> str:
-    """``text`` with every password of ``passwords`` and every URI or key=value password
-    replaced by ``***``."""
-    for pw in sorted(set(passwords), key=len, reverse=True):
-        text = text.replace(pw, "***")
-    text = _URI_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+def used_dsn(dsn: str | None) -> str | None:
+    """The DSN a command connects with (as resolve_dsn picks it), None for the dev cluster."""
+    for candidate in (dsn, os.environ.get("PGSHIELD_DSN"), os.environ.get("DATABASE_URL")):
+        if candidate:
+            return candidate
+    return None
 
 
 def expected_errors(func: F) -> F:
@@ -87,9 +107,6 @@ def expected_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (ShieldError, psycopg.Error) as exc:
-            secrets = dsn_passwords(
-                kwargs.get("dsn"), os.environ.get("PGSHIELD_DSN"), os.environ.get("DATABASE_URL")
-            )
-            raise click.ClickException(masked(one_line(exc), secrets)) from exc
+            raise click.ClickException(masked(one_line(exc), used_dsn(kwargs.get("dsn")))) from exc
 
     return wrapper  # type: ignore[return-value]
