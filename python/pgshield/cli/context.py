@@ -28,9 +28,9 @@ def resolve_dsn(dsn: str | None, *, apply_migrations: bool = True) -> str:
 
     The dev cluster is started (and prepared) when needed, and announced on stderr.
     """
-    for candidate in (dsn, os.environ.get("PGSHIELD_DSN"), os.environ.get("DATABASE_URL")):
-        if candidate:
-            return candidate
+    given = used_dsn(dsn)
+    if given is not None:
+        return given
     from pgshield.embedded import dev_cluster
     from pgshield.provision import prepare_cluster
 
