@@ -114,6 +114,30 @@ $$;
 
 revoke all on function pgshield.reset_clock() from public;
 
+-- p_at moved by p_by (back when p_back), or null where the result would be
+-- out of the timestamp range (22008): callers that take an interval from a
+-- caller test the time it gives rather than the interval, because comparing
+-- intervals counts a month as 30 days ('300000 years -107999970 days'
+-- compares as 30 days and overflows when added).
+-- Callers: pack functions. Errors: none.
+create or replace function pgshield.time_moved(p_at timestamptz, p_by interval, p_back boolean)
+returns timestamptz
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_back then
+    return p_at - p_by;
+  end if;
+  return p_at + p_by;
+exception when datetime_field_overflow or interval_field_overflow then
+  return null;
+end
+$$;
+
+revoke all on function pgshield.time_moved(timestamptz, interval, boolean)
+  from public, anon, authenticated, service_role;
+
 -- ---------------------------------------------------------------- callers ----
 -- Inside a security definer function current_user is the owner, but the
 -- "role" setting still holds what SET ROLE chose (PostgREST sets it for every

@@ -263,6 +263,7 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_now timestamptz := pgshield.now();
   v_before timestamptz;
   v_count integer;
   v_cron integer := 0;
@@ -272,10 +273,10 @@ begin
   if p_batch_size is null or p_batch_size < 1 then
     raise exception using errcode = '22023', message = 'p_batch_size must be a positive integer';
   end if;
-  if p_retention is null or p_retention <= interval '0' then
-    raise exception using errcode = '22023', message = 'p_retention must be a positive interval';
+  v_before := pgshield.time_moved(v_now, p_retention, true);
+  if (v_before >= v_now - interval '1000 years' and v_before < v_now) is not true then
+    raise exception using errcode = '22023', message = 'p_retention must be a positive interval of at most 1000 years';
   end if;
-  v_before := pgshield.now() - p_retention;
   delete from pgshield.maintenance_runs r
    using (select x.id from pgshield.maintenance_runs x
            where x.started_at < v_before order by x.id limit p_batch_size for update skip locked) d
@@ -548,13 +549,16 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_row pgshield.maintenance_tasks;
+  v_now timestamptz := pgshield.now();
+  v_before timestamptz;
 begin
   perform pgshield.maintenance_check_caller();
   if p_batch_size not between 1 and 1000000 then
     raise exception using errcode = '22023', message = 'p_batch_size must be between 1 and 1000000';
   end if;
-  if p_retention <= interval '0' then
-    raise exception using errcode = '22023', message = 'p_retention must be a positive interval';
+  v_before := pgshield.time_moved(v_now, p_retention, true);
+  if p_retention is not null and (v_before >= v_now - interval '1000 years' and v_before < v_now) is not true then
+    raise exception using errcode = '22023', message = 'p_retention must be a positive interval of at most 1000 years';
   end if;
   update pgshield.maintenance_tasks t
      set batch_size = coalesce(p_batch_size, t.batch_size),

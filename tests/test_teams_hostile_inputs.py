@@ -43,6 +43,9 @@ def invitations(conn: psycopg.Connection, team: str) -> int:
         "100 years -35910 days",
         "10000 years -3599910 days",
         "30 seconds",
+        "300000 years",  # past the timestamp range: 22023, not 22008
+        "300000 years -107999970 days",
+        "-300000 years",
     ],
 )
 def test_an_invitation_lives_1_minute_to_90_days_on_the_clock(

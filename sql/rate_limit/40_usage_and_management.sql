@@ -551,6 +551,7 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_now timestamptz := pgshield.now();
   v_before timestamptz;
   v_from bigint;
   v_lo tid;
@@ -565,10 +566,10 @@ begin
   if p_batch_size is null or p_batch_size < 1 then
     raise exception using errcode = '22023', message = 'p_batch_size must be a positive integer';
   end if;
-  if p_expired_for is null or p_expired_for < interval '0' then
-    raise exception using errcode = '22023', message = 'p_expired_for must be an interval of zero or more';
+  v_before := pgshield.time_moved(v_now, p_expired_for, true);
+  if v_before between v_now - interval '1000 years' and v_now is not true then
+    raise exception using errcode = '22023', message = 'p_expired_for must be an interval of zero to 1000 years';
   end if;
-  v_before := pgshield.now() - p_expired_for;
   for v_table, v_hint in
     values ('pgshield.rate_limit_state', 'pgshield.rate_limit_cleanup_block'),
            ('pgshield.rate_limit_policy_state', 'pgshield.rate_limit_cleanup_policy_block')

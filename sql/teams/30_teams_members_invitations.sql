@@ -438,8 +438,10 @@ declare
   v_max integer;
 begin
   -- On the clock, not as intervals: comparing intervals counts a month as 30
-  -- days and a year as 360, so '100 years -35910 days' compared as 90 days.
-  if v_now + v_expires_in not between v_now + interval '1 minute' and v_now + interval '90 days' then
+  -- days and a year as 360, so '100 years -35910 days' compared as 90 days
+  -- (and one past the timestamp range is refused here, not with 22008).
+  if pgshield.time_moved(v_now, v_expires_in, false)
+       between v_now + interval '1 minute' and v_now + interval '90 days' is not true then
     raise exception using errcode = '22023', message = 'p_expires_in must be between 1 minute and 90 days';
   end if;
   select * into v_guard from pgshield.team_guard(p_team_id, v_actor, 'admin', true);

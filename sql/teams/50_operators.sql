@@ -32,18 +32,22 @@ $$;
 revoke all on function pgshield.set_team_role_permissions(text, text[]) from public, anon, authenticated, service_role;
 grant execute on function pgshield.set_team_role_permissions(text, text[]) to service_role;
 
--- Sets how long teams_cleanup keeps audit rows (at least 1 day); returns it.
+-- Sets how long teams_cleanup keeps audit rows (1 day to 1000 years, on
+-- the clock); returns it.
 -- Callers: service_role, the owner. Errors: 22023; 42501 others.
 create or replace function pgshield.set_teams_audit_retention(p_retention interval) returns interval
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_now timestamptz := pgshield.now();
 begin
   if not pgshield.caller_is_trusted() then
     raise exception using errcode = '42501', message = 'only service_role may set the audit retention';
   end if;
-  if p_retention is null or p_retention < interval '1 day' then
-    raise exception using errcode = '22023', message = 'p_retention must be at least 1 day';
+  if pgshield.time_moved(v_now, p_retention, true)
+       between v_now - interval '1000 years' and v_now - interval '1 day' is not true then
+    raise exception using errcode = '22023', message = 'p_retention must be between 1 day and 1000 years';
   end if;
   insert into pgshield.teams_settings as s (id, audit_retention, updated_at)
   values (true, p_retention, now())

@@ -1,7 +1,7 @@
 -- rate_limit: bad input is 22023 with a message naming the parameter, and writes nothing.
 begin;
 \ir _helpers.psql
-select plan(51);
+select plan(52);
 
 -- Keys, subjects, policies and tiers start with pgshield_t_: no project has them.
 select public.define_rate_limit_policy('pgshield_t_api', '{"free": {"minute": 10}}');
@@ -120,6 +120,8 @@ select throws_ok($$ select define_rate_limit_policy('pgshield_t_p', '{"free": {"
   'p_endpoint_costs: endpoint ''/x'' needs a positive multiplier', 'a zero endpoint multiplier');
 select throws_ok($$ select pgshield.cleanup_expired_rate_limits(0) $$, '22023',
   'p_batch_size must be a positive integer', 'a zero cleanup batch');
+select throws_ok($$ select pgshield.cleanup_expired_rate_limits(10, interval '300000 years') $$, '22023',
+  'p_expired_for must be an interval of zero to 1000 years', 'a cleanup age past the timestamp range');
 
 -- ----------------------------------------------------------- nothing written ----
 -- Only keys this file used (a project's own state is not counted): pgshield_t_*

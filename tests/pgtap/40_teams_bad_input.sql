@@ -1,7 +1,7 @@
 -- teams: bad input raises 22023 and writes nothing (not even an audit row).
 begin;
 \ir _helpers.psql
-select plan(22);
+select plan(24);
 
 select pg_temp.create_test_user('ann');
 select pg_temp.create_test_user('bob');
@@ -48,6 +48,12 @@ select throws_ok($$ select public.accept_team_invitation('not-a-token') $$, '220
 select throws_ok($$ select public.get_team() $$, '22023', null, 'get_team without id or slug');
 select throws_ok($$ select public.get_team_audit(pg_temp.acme(), 0) $$, '22023', null, 'an audit limit of 0');
 select throws_ok($$ select pgshield.teams_with_permission('fly') $$, '22023', null, 'an unknown permission in a helper');
+
+select pg_temp.act_as('service_role');
+select throws_ok($$ select pgshield.set_teams_audit_retention(interval '10000 years') $$, '22023', null,
+  'an audit retention over 1000 years (it made every cleanup fail with 22008)');
+select throws_ok($$ select pgshield.set_teams_audit_retention(interval '-300000 years 108000030 days') $$,
+  '22023', null, 'an audit retention that compares as 30 days but overflows the clock');
 
 select pg_temp.act_as_owner();
 select is((select count(*)::integer from pgshield.teams where slug like 'pgshield-t-%'), 2,
