@@ -393,6 +393,15 @@ def test_cli_guard_commands(owner: psycopg.Connection, db: str) -> None:
     assert dropped.exit_code == 0 and "dropped" in dropped.output
     missing = runner.invoke(main, ["guard", "drop-rule", "999999", "--dsn", db])
     assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    as_json = runner.invoke(
+        main, ["guard", "drop-rule", str(listed[0]["id"]), "--json", "--dsn", db]
+    )
+    assert as_json.exit_code == 0 and json.loads(as_json.output) == {
+        "id": listed[0]["id"],
+        "dropped": True,
+    }
+    again = runner.invoke(main, ["guard", "drop-rule", str(listed[0]["id"]), "--json", "--dsn", db])
+    assert again.exit_code == 1 and json.loads(again.output)["dropped"] is False
     usage = runner.invoke(main, ["guard", "add-rule", "--dsn", db])
     assert usage.exit_code == 2
 

@@ -132,14 +132,20 @@ def add_rule(
 @guard.command("drop-rule")
 @click.argument("rule_id", type=int)
 @dsn_option
+@json_option
 @expected_errors
-def drop_rule(rule_id: int, dsn: str | None) -> None:
-    """Delete a rule by id.
+def drop_rule(rule_id: int, dsn: str | None, as_json: bool) -> None:
+    """Delete a rule by id (exits 1 when there is none).
 
-    Example: pgshield guard drop-rule 3
+    Example: pgshield guard drop-rule 3 --json
     """
     with Shield(resolve_dsn(dsn)) as shield:
         dropped = shield.guard.drop_rule(rule_id)
+    if as_json:
+        emit_json({"id": rule_id, "dropped": dropped})
+        if not dropped:
+            raise SystemExit(1)
+        return
     if not dropped:
         raise click.ClickException(f"no rule {rule_id}")
     click.echo(f"dropped rule {rule_id}")
