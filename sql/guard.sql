@@ -238,8 +238,8 @@ grant execute on function pgshield.request_guard() to anon, authenticated, servi
 
 -- Adds a rule; returns it as JSON.
 -- Callers: service_role, the owner.
--- Errors: 22023 bad role, method, path, cost, position or action, unknown
--- policy; 42501 others.
+-- Errors: 22023 bad role, method, path (one PostgREST never routes too),
+-- cost, position or action, unknown policy; 42501 others.
 create or replace function pgshield.define_guard_rule(
   p_policy text,
   p_role text default '*',
@@ -269,9 +269,14 @@ begin
   if p_method is null or upper(p_method) not in ('*', 'GET', 'HEAD', 'POST', 'PATCH', 'PUT', 'DELETE') then
     raise exception using errcode = '22023', message = 'p_method must be *, GET, HEAD, POST, PATCH, PUT or DELETE';
   end if;
-  if p_path is null or p_path !~ '^(\*|/[A-Za-z0-9_./-]{0,200}\*?)$' then
-    raise exception using errcode = '22023', message = 'p_path must be *, or a path like /todos or /rpc/*',
-      hint = 'a trailing * matches any rest of the path';
+  -- Only what PostgREST routes: /<table> and /rpc/<function> (a rule on
+  -- anything else, such as /rest/v1/todos or /todos/1, would never match).
+  if p_path is null or p_path !~ '^(\*|/(rpc/)?[A-Za-z0-9_.-]{0,200}\*?)$' then
+    raise exception using errcode = '22023',
+      message = 'p_path must be *, /<table> or /rpc/<function>, exact or ending in *',
+      hint = case when p_path ~ '^/rest/v1(/|$)'
+                  then 'PostgREST sees the path after the gateway''s /rest/v1: write /todos, not /rest/v1/todos'
+                  else 'PostgREST routes /<table> and /rpc/<function> only; a trailing * matches any rest (/rpc/*)' end;
   end if;
   if p_cost is null or p_cost not between 1 and 1000000 then
     raise exception using errcode = '22023', message = 'p_cost must be between 1 and 1000000';
@@ -390,6 +395,47 @@ $$;
 
 revoke all on function pgshield.guard_configured_hook() from public, anon, authenticated, service_role;
 
+-- The pre-request function a db-pre-config function (PostgREST's other
+-- in-database configuration, authenticator's pgrst.db_pre_config) sets, or
+-- null. PostgREST lets authenticator's own pgrst.db_pre_request setting
+-- override it, so install_request_guard must see it before it writes that.
+-- The function is run with the caller's rights in a subtransaction that is
+-- rolled back (what it sets is read first); one that fails is taken to set
+-- nothing, as PostgREST would not load it either.
+-- Callers: install_request_guard (the owner). Errors: none.
+create or replace function pgshield.guard_preconfigured_hook() returns text
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_setting text;
+  v_hook text;
+begin
+  select substr(c.setting, length('pgrst.db_pre_config=') + 1) into v_setting
+    from pg_db_role_setting s
+   cross join lateral unnest(s.setconfig) c(setting)
+   where s.setrole = (select r.oid from pg_roles r where r.rolname = 'authenticator')
+     and s.setdatabase in (0, (select d.oid from pg_database d where d.datname = current_database()))
+     and c.setting like 'pgrst.db\_pre\_config=%'
+   order by s.setdatabase desc
+   limit 1;
+  if v_setting is null then
+    return null;
+  end if;
+  begin
+    perform set_config('pgrst.db_pre_request', '', true);
+    execute format('select %s()', to_regprocedure(v_setting || '()')::oid::regproc);
+    v_hook := nullif(current_setting('pgrst.db_pre_request', true), '');
+    raise exception using errcode = 'P0001', message = 'rolled back';
+  exception when others then
+    null;  -- everything the function did is undone; v_hook keeps what it set
+  end;
+  return v_hook;
+end
+$$;
+
+revoke all on function pgshield.guard_preconfigured_hook() from public, anon, authenticated, service_role;
+
 -- Whether the guard is installed, what it chains, its options and rules count.
 -- Callers: service_role, the owner. Errors: 42501 others.
 create or replace function pgshield.request_guard_status() returns jsonb
@@ -426,7 +472,10 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $fn$
 begin
+  -- pg_temp names this session's own temporary schema: every other session
+  -- would fail calling it (42883).
   if p_function is not null and (p_function !~ '^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$'
+                                 or split_part(p_function, '.', 1) ~ '^pg_temp'
                                  or to_regprocedure(p_function || '()') is null) then
     raise exception using errcode = '22023',
       message = format('%L is not a schema-qualified function without arguments', p_function);
@@ -457,7 +506,8 @@ grant execute on function pgshield.guard_set_chained(text) to service_role;
 -- Makes PostgREST call the guard before every request in this database:
 -- ALTER ROLE authenticator IN DATABASE <this> SET pgrst.db_pre_request, then
 -- NOTIFY pgrst, 'reload config'. Idempotent. A different pre-request function
--- already configured is refused, unless p_chain: then it is kept and runs
+-- already configured (in authenticator's settings, or by the function its
+-- pgrst.db_pre_config names) is refused, unless p_chain: then it is kept and runs
 -- first, before the guard; a chained function dropped since is forgotten
 -- (run it again after dropping one). Runs with the caller's rights (altering
 -- authenticator needs CREATEROLE: on Supabase, postgres has it; service_role
@@ -478,7 +528,9 @@ begin
       message = 'not allowed to alter role authenticator',
       hint = 'run install_request_guard() as the project owner (postgres on Supabase)';
   end if;
-  v_hook := pgshield.guard_configured_hook();
+  -- A hook set by a db-pre-config function counts as configured too: the
+  -- setting written below would override it without a word.
+  v_hook := coalesce(pgshield.guard_configured_hook(), pgshield.guard_preconfigured_hook());
   if v_hook is not null and v_hook <> 'pgshield.request_guard' then
     if not coalesce(p_chain, false) then
       raise exception using errcode = '55000',
@@ -516,10 +568,14 @@ revoke all on function pgshield.install_request_guard(boolean) from public, anon
 grant execute on function pgshield.install_request_guard(boolean) to service_role;
 
 -- Stops PostgREST calling the guard: puts back the chained function, if any
--- (and still there), or removes the setting, then NOTIFY pgrst. Refuses to remove a hook that is
--- not the guard. Idempotent.
--- Callers: the owner (service_role, as above). Errors: 55000 another hook is configured; 42501 not
--- allowed to alter authenticator.
+-- (and still there), or removes the setting, then NOTIFY pgrst. Leaves a hook
+-- that is not the guard as it is, and returns the status (idempotent: a
+-- second call after the chained function was put back changes nothing).
+-- The guard set for every database (ALTER ROLE authenticator SET, not what
+-- install writes) is refused, changing nothing: resetting it would change
+-- other databases, and resetting only this database's would leave it called.
+-- Callers: the owner (service_role, as above). Errors: 55000 the guard is set
+-- for every database; 42501 not allowed to alter authenticator.
 create or replace function pgshield.uninstall_request_guard() returns jsonb
 language plpgsql volatile security invoker
 set search_path = pg_catalog, pg_temp
@@ -536,11 +592,14 @@ begin
   end if;
   v_hook := pgshield.guard_configured_hook();
   if v_hook is distinct from 'pgshield.request_guard' then
-    if v_hook is not null then
-      raise exception using errcode = '55000',
-        message = format('PostgREST calls %s, not the guard: left as it is', v_hook);
-    end if;
     return pgshield.request_guard_status();
+  end if;
+  if exists (select 1 from pg_db_role_setting s cross join lateral unnest(s.setconfig) c(setting)
+              where s.setrole = (select r.oid from pg_roles r where r.rolname = 'authenticator')
+                and s.setdatabase = 0 and c.setting = 'pgrst.db_pre_request=pgshield.request_guard') then
+    raise exception using errcode = '55000',
+      message = 'the guard is set for every database (alter role authenticator set pgrst.db_pre_request), not only this one',
+      hint = 'reset it where it was set: alter role authenticator reset pgrst.db_pre_request; notify pgrst, ''reload config''';
   end if;
   select o.chained_function into v_chained from pgshield.guard_options o where o.id;
   if to_regprocedure(v_chained || '()') is null then

@@ -292,10 +292,64 @@ def test_an_existing_hook_is_refused_or_chained_first(owner: psycopg.Connection)
     assert seen == [("authenticated",)] * 3
     shield.guard.uninstall()
     assert hook(owner) == "public.pgshield_t_hook", "the project's hook is put back"
+    again = shield.guard.uninstall()  # idempotent: the project's hook stays, no error
+    assert not again.installed and again.pre_request == "public.pgshield_t_hook"
     body = owner.execute(
         "select prosrc from pg_proc where oid = 'pgshield.request_guard()'::regprocedure"
     ).fetchone()
     assert body and "pgshield_t_hook" not in body[0], "the guard no longer calls it"
+
+
+def test_a_hook_set_by_a_pre_config_function_is_refused_or_chained(
+    owner: psycopg.Connection,
+) -> None:
+    # PostgREST's db-pre-config function can set db-pre-request too, and authenticator's own
+    # setting (what install writes) overrides it: install must see it, or replace it silently.
+    owner.execute(
+        "create function public.pgshield_t_pc_hook() returns void language sql"
+        " set search_path = pg_catalog as 'select 1';"
+        " create function public.pgshield_t_pre_config() returns void language sql"
+        " set search_path = pg_catalog as"
+        " $$ select set_config('pgrst.db_pre_request', 'public.pgshield_t_pc_hook', true) $$;"
+        f' alter role authenticator in database "{owner.info.dbname}"'
+        " set pgrst.db_pre_config = 'public.pgshield_t_pre_config'"
+    )
+    shield = Shield(owner)
+    with pytest.raises(ShieldError) as refused:
+        shield.guard.install()
+    assert refused.value.sqlstate == "55000" and "pgshield_t_pc_hook" in str(refused.value)
+    assert hook(owner) is None, "nothing was written"
+    chained = shield.guard.install(chain=True)
+    assert chained.installed and chained.chained_function == "public.pgshield_t_pc_hook"
+    # What the pre-config function set in the installer's transaction was rolled back.
+    left = owner.execute("select current_setting('pgrst.db_pre_request', true)").fetchone()
+    assert left in ((None,), ("",))
+
+
+def test_the_guard_set_for_every_database_is_not_reset_from_one(
+    owner: psycopg.Connection,
+) -> None:
+    owner.execute("alter role authenticator set pgrst.db_pre_request = 'pgshield.request_guard'")
+    try:
+        shield = Shield(owner)
+        assert shield.guard.status().installed
+        with pytest.raises(ShieldError) as refused:
+            shield.guard.uninstall()
+        assert refused.value.sqlstate == "55000"
+        assert hook(owner) == "pgshield.request_guard", "left as it is, not reported removed"
+        # Installed here too: still refused, and this database's setting is kept as well.
+        shield.guard.install()
+        with pytest.raises(ShieldError):
+            shield.guard.uninstall()
+        assert hook(owner) == "pgshield.request_guard"
+    finally:
+        owner.execute("alter role authenticator reset pgrst.db_pre_request")
+
+
+def test_a_temporary_function_is_not_chained(owner: psycopg.Connection) -> None:
+    owner.execute("create function pg_temp.pgshield_t_h() returns void language sql as 'select 1'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        owner.execute("select pgshield.guard_set_chained('pg_temp.pgshield_t_h')")
 
 
 def test_reinstalling_forgets_a_chained_hook_that_is_gone(owner: psycopg.Connection) -> None:

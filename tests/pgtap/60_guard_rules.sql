@@ -1,7 +1,7 @@
 -- guard: rules, the hook as PostgREST calls it, read-only requests, roles and bad input.
 begin;
 \ir _helpers.psql
-select plan(38);
+select plan(41);
 
 select pgshield.set_clock('2001-01-01 00:00:05+00');
 select pgshield.set_client_address_source('x-forwarded-for', 1);  -- whatever the project set
@@ -26,6 +26,12 @@ select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', '*', 
   'an unknown method is refused');
 select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', '*', '*', 'todos%') $$, '22023', null,
   'a path that is not /... or * is refused');
+select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', '*', '*', '/rest/v1/pgshield_t_todos') $$,
+  '22023', null, 'a path with the gateway''s /rest/v1 is refused (PostgREST never sees it)');
+select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', '*', '*', '/pgshield_t_todos/1') $$,
+  '22023', null, 'a path below a table is refused (PostgREST routes none)');
+select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', '*', '*', '/rpc/a/b*') $$,
+  '22023', null, 'a path below a function is refused');
 select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_writes', p_cost => 0) $$, '22023', null,
   'a cost below 1 is refused');
 select throws_ok($$ select pgshield.define_guard_rule('pgshield_t_no_such_policy') $$, '22023', null,
