@@ -55,7 +55,10 @@ create table if not exists pgshield.guard_rules (
   path_like text not null,
   action text not null default 'limit'
     constraint guard_rules_action_check check (action in ('limit', 'exempt')),
-  policy text references pgshield.rate_limit_policies (name) on delete cascade,
+  -- A policy a rule names cannot be dropped (drop_rate_limit_policy answers
+  -- 2BP01): dropping it used to drop its rules, and the paths went unlimited.
+  policy text
+    constraint guard_rules_policy_fkey references pgshield.rate_limit_policies (name) on delete restrict,
   cost integer not null default 1
     constraint guard_rules_cost_check check (cost between 1 and 1000000),
   description text

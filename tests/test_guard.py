@@ -241,6 +241,20 @@ def test_bad_rules_are_refused_and_write_nothing(owner: psycopg.Connection) -> N
     assert shield.guard.rules() == before
 
 
+def test_a_policy_a_rule_names_is_not_dropped_under_it(owner: psycopg.Connection) -> None:
+    # Dropping it used to drop its rules too (on delete cascade): the path went unlimited.
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as refused:
+        owner.execute("select public.drop_rate_limit_policy(%s)", (POLICY,))
+    assert "drop_guard_rule" in (refused.value.diag.message_hint or "")
+    rules = Shield(owner).guard.rules()
+    assert [r.policy for r in rules] == [POLICY], "the rule is still there"
+    owner.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    assert [request(owner).status for _ in range(4)] == [200, 200, 200, 429]
+    Shield(owner).guard.drop_rule(rules[0].id)
+    dropped = owner.execute("select public.drop_rate_limit_policy(%s)", (POLICY,)).fetchone()
+    assert dropped == (True,)
+
+
 # ------------------------------------------------------------ installation ----
 def hook(conn: psycopg.Connection) -> str | None:
     row = conn.execute("select pgshield.guard_configured_hook()").fetchone()

@@ -476,19 +476,30 @@ revoke all on function public.get_rate_limit_policies() from public, anon, authe
 grant execute on function public.get_rate_limit_policies() to service_role;
 
 -- Deletes a policy, its windows, endpoints, counters and state. Returns true
--- when it existed.
--- Callers: service_role. Errors: 22023 null name.
+-- when it existed. A policy something else names (a Data API guard rule) is
+-- refused, changing nothing: drop what names it first.
+-- Callers: service_role. Errors: 22023 null name; 2BP01 still named.
 create or replace function public.drop_rate_limit_policy(p_name text) returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_policy pgshield.rate_limit_policies;
+  v_table text;
 begin
   if p_name is null then
     raise exception using errcode = '22023', message = 'p_name must not be null';
   end if;
-  delete from pgshield.rate_limit_policies p where p.name = p_name returning * into v_policy;
+  begin
+    delete from pgshield.rate_limit_policies p where p.name = p_name returning * into v_policy;
+  exception when foreign_key_violation then
+    get stacked diagnostics v_table = table_name;
+    raise exception using errcode = '2BP01',
+      message = format('policy %L is still named by rows of pgshield.%s', p_name, v_table),
+      hint = case when v_table = 'guard_rules'
+                  then 'drop the guard rules that name it first: pgshield.guard_rule_list(), pgshield.drop_guard_rule(id)'
+                  else 'delete the rows that name it first' end;
+  end;
   if not found then
     return false;
   end if;
