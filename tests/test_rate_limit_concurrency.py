@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import psycopg
 import pytest
@@ -160,3 +161,43 @@ def test_cleanup_during_load_loses_no_live_state(db: str, conn: psycopg.Connecti
         "select count(*) from pgshield.rate_limit_state where key like 'garbage-%%'"
     ).fetchone()
     assert garbage == (0,)
+
+
+@pytest.mark.realclock
+def test_checks_never_fail_while_the_policy_is_redefined(db: str, conn: psycopg.Connection) -> None:
+    # A decision reads the policy, then its tier in another statement: a redefinition that
+    # gave the policy a new default tier in between used to fail valid calls with 22023
+    # ("no windows for its default tier"). Every call now gets an answer under the old or the
+    # new policy.
+    conn.execute(
+        "select public.define_rate_limit_policy('pgshield_t_flip', '{\"a\": {\"60\": 1000000}}',"
+        " p_algorithm => 'fixed_window', p_default_tier => 'a')"
+    )
+    clients, seconds = 8, 2.0
+    answered = [0] * clients
+    redefinitions = [0]
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        with connect(db) as c:
+            barrier.wait()
+            deadline = time.monotonic() + seconds
+            if i == 0:  # the redefiner: its only tier alternates between a and b
+                while time.monotonic() < deadline:
+                    tier = "ab"[redefinitions[0] % 2 - 1]
+                    c.execute(
+                        "select public.define_rate_limit_policy('pgshield_t_flip', %s::jsonb,"
+                        " p_algorithm => 'fixed_window', p_default_tier => %s)",
+                        (f'{{"{tier}": {{"60": 1000000}}}}', tier),
+                    )
+                    redefinitions[0] += 1
+                return
+            while time.monotonic() < deadline:
+                row = c.execute(
+                    "select allowed from public.check_rate_limit('pgshield_t_flip', 1, null, %s)",
+                    (f"pgshield_t_s{i}",),
+                ).fetchone()
+                assert row == (True,)
+                answered[i] += 1
+
+    run_threads(clients, work)
+    assert redefinitions[0] > 20 and sum(answered) > 200, (redefinitions, answered)

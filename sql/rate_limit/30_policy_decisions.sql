@@ -225,6 +225,7 @@ declare
   v_violated text[] := array[]::text[];
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
   v_u bigint; v_r bigint; v_exp bigint; v_bind_r bigint; v_rem bigint;
+  v_current pgshield.rate_limit_policies;
 begin
   -- The tier's windows, the stored row and the clock in one read. A policy
   -- with one tier decides every subject under it, whatever tier the
@@ -258,6 +259,13 @@ begin
                              p_policy.default_tier);
   end if;
   if v_ws is null then
+    -- The caller read the policy in an earlier statement: a redefinition
+    -- (a new default tier) that committed in between leaves that copy without
+    -- the tiers this read sees. Decide on the policy as it is now instead.
+    select * into v_current from pgshield.rate_limit_policies p where p.name = p_policy.name;
+    if v_current.name is not null and v_current is distinct from p_policy then
+      return pgshield.rate_limit_decide(v_current, p_subject, p_cost, p_mode);
+    end if;
     raise exception using errcode = '22023',
       message = format('p_policy: policy %L has no windows for its default tier %L',
                        p_policy.name, p_policy.default_tier);
