@@ -316,8 +316,9 @@ revoke all on function pgshield.rate_limit_counters_for(bigint) from public, ano
 -- p_endpoint_costs maps endpoint names to cost multipliers: {"/v1/chat": 5}.
 -- The windows and endpoints given replace the old ones; state is kept.
 -- Returns the policy as get_rate_limit_policies() shows it.
--- Callers: service_role. Errors: 22023 bad name, algorithm, unit, windows,
--- default tier or endpoint costs.
+-- Callers: service_role. Errors: 22023 bad name, algorithm, unit, windows
+-- (a window named twice, as "60" and "minute", too), default tier or endpoint
+-- costs.
 create or replace function public.define_rate_limit_policy(
   p_name text,
   p_windows jsonb,
@@ -408,9 +409,17 @@ begin
         raise exception using errcode = '22023',
           message = format('p_windows: the limit of %L in tier %L must be a positive integer', v_window, v_tier);
       end if;
+      -- A whole number written as 50.0 (JSON from a float) is the integer 50.
       insert into pgshield.rate_limit_policy_windows (policy, tier, window_seconds, limit_value, name)
-      values (p_name, v_tier, v_seconds, (v_limit::text)::integer, pgshield.rate_limit_window_name(v_seconds))
-      on conflict (policy, tier, window_seconds) do update set limit_value = excluded.limit_value;
+      values (p_name, v_tier, v_seconds, (v_limit::text)::numeric::integer, pgshield.rate_limit_window_name(v_seconds))
+      on conflict (policy, tier, window_seconds) do nothing;
+      if not found then
+        -- Two names of one length ("60" and "minute"): one limit would be
+        -- dropped without a word.
+        raise exception using errcode = '22023',
+          message = format('p_windows: tier %L names the %s-second window twice', v_tier, v_seconds),
+          hint = 'second, minute, hour, day and week are 1, 60, 3600, 86400 and 604800 seconds';
+      end if;
     end loop;
   end loop;
 

@@ -1,7 +1,7 @@
 -- rate_limit: bad input is 22023 with a message naming the parameter, and writes nothing.
 begin;
 \ir _helpers.psql
-select plan(52);
+select plan(53);
 
 -- Keys, subjects, policies and tiers start with pgshield_t_: no project has them.
 select public.define_rate_limit_policy('pgshield_t_api', '{"free": {"minute": 10}}');
@@ -103,6 +103,8 @@ select throws_ok($$ select set_rate_limit_tier(null, 'pro') $$, '22023',
 select throws_ok($$ select define_rate_limit_policy('Bad Name', '{"free": {"minute": 1}}') $$, '22023',
   null, 'a policy name with spaces and capitals');
 select throws_ok($$ select define_rate_limit_policy('pgshield_t_p', '{}') $$, '22023', null, 'no tiers');
+select throws_ok($$ select define_rate_limit_policy('pgshield_t_p', '{"free": {"60": 5, "minute": 100}}') $$, '22023',
+  'p_windows: tier ''free'' names the 60-second window twice', 'one window named twice (the stricter limit was dropped)');
 select throws_ok($$ select define_rate_limit_policy('pgshield_t_p', '{"free": {"fortnight": 1}}') $$, '22023',
   'p_windows: bad window ''fortnight'' in tier ''free''', 'an unknown window name');
 select throws_ok($$ select define_rate_limit_policy('pgshield_t_p', '{"free": {"minute": 0}}') $$, '22023',

@@ -1,7 +1,7 @@
 -- rate_limit: policies, tiers, multi-window atomicity, endpoint costs, counters.
 begin;
 \ir _helpers.psql
-select plan(39);
+select plan(40);
 
 -- One policy decision as a short line: outcome, limit, remaining, retry, tier, violated windows.
 create function pg_temp.ck(r public.rate_limit_check_result) returns text
@@ -138,6 +138,11 @@ select check_rate_limit('pgshield_t_api', 1, null, 'pgshield_t_zed');
 select is((select (c.allowed - t.allowed, c.denied - t.denied)::text
              from pgshield.rate_limit_counters c, t_counts t where c.policy = 'pgshield_t_api'),
   '(1,0)', 'counters: a check counts once, a peek not at all');
+
+select is(public.define_rate_limit_policy('pgshield_t_float', '{"free": {"minute": 50.0, "3600": 1e3}}')
+            -> 'tiers' -> 'free',
+          '[{"name": "minute", "limit": 50, "window_seconds": 60}, {"name": "hour", "limit": 1000, "window_seconds": 3600}]',
+          'a whole number written as 50.0 or 1e3 (JSON from a float) is a limit');
 
 -- ---------------------------------------------------------- drop a policy ----
 create temp table t_seq as
