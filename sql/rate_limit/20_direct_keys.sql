@@ -580,9 +580,10 @@ grant execute on function public.peek_rate_limit(text, integer, integer, integer
 
 -- Records cost on a key after the fact (p_amount > 0), even past the limit so
 -- that the next request is denied, or refunds it (p_amount < 0, never below
--- zero). Returns what a request of cost 1 would get now (not consumed).
+-- zero); 0 (an estimate that was exact) records nothing and writes nothing.
+-- Returns what a request of cost 1 would get now (not consumed).
 -- Callers: service_role.
--- Errors: 22023 bad key, limit, window, algorithm, or p_amount null or 0.
+-- Errors: 22023 bad key, limit, window, algorithm, or p_amount null.
 create or replace function public.record_rate_limit_key_usage(
   p_key text,
   p_limit integer,
@@ -599,9 +600,12 @@ declare
   v_e pgshield.rate_limit_eval;
 begin
   perform pgshield.rate_limit_check_args(p_key, p_limit, p_window_seconds, p_algorithm);
-  if p_amount is null or p_amount = 0 then
-    raise exception using errcode = '22023', message = 'p_amount must be a non-zero integer',
-      hint = 'positive records usage, negative refunds it';
+  if p_amount is null then
+    raise exception using errcode = '22023', message = 'p_amount must be an integer',
+      hint = 'positive records usage, negative refunds it, 0 records nothing';
+  end if;
+  if p_amount = 0 then
+    return public.peek_rate_limit(p_key, p_limit, p_window_seconds, 1, p_algorithm);
   end if;
   v_now_us := pgshield.rate_limit_now_us();
   -- Lock the row (or create it empty), then apply, at the time the row was

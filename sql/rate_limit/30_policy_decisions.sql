@@ -704,10 +704,11 @@ grant execute on function public.peek_check_rate_limit(text, integer, text, text
 
 -- Records usage after the fact on every window of the subject's tier: a
 -- positive p_amount is added even past the limits (so the next request is
--- denied), a negative one is refunded (never below zero). Returns what a
+-- denied), a negative one is refunded (never below zero), 0 (an estimate
+-- that was exact) records nothing and writes nothing. Returns what a
 -- request of cost 1 would get now.
 -- Callers: service_role.
--- Errors: 22023 unknown policy, bad subject, p_amount null or 0.
+-- Errors: 22023 unknown policy, bad subject, p_amount null.
 create or replace function public.record_rate_limit_usage(
   p_policy text,
   p_subject text,
@@ -722,9 +723,12 @@ begin
   if p_subject is null or length(p_subject) not between 1 and 256 then
     raise exception using errcode = '22023', message = 'p_subject must be 1 to 256 characters';
   end if;
-  if p_amount is null or p_amount = 0 then
-    raise exception using errcode = '22023', message = 'p_amount must be a non-zero integer',
-      hint = 'positive records usage, negative refunds it';
+  if p_amount is null then
+    raise exception using errcode = '22023', message = 'p_amount must be an integer',
+      hint = 'positive records usage, negative refunds it, 0 records nothing';
+  end if;
+  if p_amount = 0 then
+    return pgshield.rate_limit_decide(v_policy, p_subject, 1, 'peek');
   end if;
   return pgshield.rate_limit_decide(v_policy, p_subject, p_amount, 'usage');
 end

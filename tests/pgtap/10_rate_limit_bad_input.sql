@@ -1,7 +1,7 @@
 -- rate_limit: bad input is 22023 with a message naming the parameter, and writes nothing.
 begin;
 \ir _helpers.psql
-select plan(53);
+select plan(54);
 
 -- Keys, subjects, policies and tiers start with pgshield_t_: no project has them.
 select public.define_rate_limit_policy('pgshield_t_api', '{"free": {"minute": 10}}');
@@ -66,8 +66,8 @@ select throws_ok($$ select peek_rate_limit('', 10, 60) $$, '22023', 'p_key must 
   'peek_rate_limit checks its key');
 select throws_ok($$ select peek_rate_limit('pgshield_t_k', 10, 60, 0) $$, '22023', 'p_cost must be a positive integer',
   'peek_rate_limit checks its cost');
-select throws_ok($$ select record_rate_limit_key_usage('pgshield_t_k', 10, 60, 0) $$, '22023',
-  'p_amount must be a non-zero integer', 'record_rate_limit_key_usage refuses an amount of 0');
+select is((record_rate_limit_key_usage('pgshield_t_k', 10, 60, 0)).remaining, 9,
+  'record_rate_limit_key_usage of 0 (an exact estimate) answers as for a request of cost 1, recording nothing (checked below)');
 select throws_ok($$ select record_rate_limit_key_usage('pgshield_t_k', 10, 60, 5, 'nope') $$, '22023',
   'p_algorithm must be fixed_window, sliding_window or token_bucket', 'record_rate_limit_key_usage checks the algorithm');
 select throws_ok($$ select reset_rate_limit(null) $$, '22023', 'p_key must be 1 to 256 characters',
@@ -88,8 +88,10 @@ select throws_ok($$ select check_rate_limit('pgshield_t_api', 1, null, repeat('s
   'p_subject must be 1 to 256 characters', 'an over-long subject');
 select throws_ok($$ select check_rate_limit('pgshield_t_api', 1, null, '') $$, '22023',
   'p_subject must be 1 to 256 characters', 'an empty subject');
-select throws_ok($$ select record_rate_limit_usage('pgshield_t_api', 'pgshield_t_s', 0) $$, '22023',
-  'p_amount must be a non-zero integer', 'record_rate_limit_usage refuses an amount of 0');
+select is((record_rate_limit_usage('pgshield_t_api', 'pgshield_t_s', 0)).remaining, 9,
+  'record_rate_limit_usage of 0 (an exact estimate) answers as for a request of cost 1, recording nothing (checked below)');
+select throws_ok($$ select record_rate_limit_usage('pgshield_t_api', 'pgshield_t_s', null) $$, '22023',
+  'p_amount must be an integer', 'record_rate_limit_usage refuses a null amount');
 select throws_ok($$ select record_rate_limit_usage('pgshield_t_api', null, 5) $$, '22023',
   'p_subject must be 1 to 256 characters', 'record_rate_limit_usage needs a subject');
 select throws_ok($$ select reset_rate_limit_subject('pgshield_t_s', 'pgshield_t_no_such_policy') $$, '22023',
