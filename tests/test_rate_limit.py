@@ -264,6 +264,15 @@ def test_policy_headers_list_every_window(shield: Shield, conn: psycopg.Connecti
     assert api["RateLimit-Policy"].count(";w=") == 3 and api["RateLimit"].startswith('"api-minute"')
 
 
+def test_the_binding_window_is_named_when_two_windows_share_limit_and_reset() -> None:
+    # 60 s and 120 s windows of limit 10 reset together; the 120 s one binds (3 left).
+    reset = T0 + dt.timedelta(seconds=30)
+    minute = WindowState("minute", 60, 10, 9, 1, reset, 0, True)
+    two = WindowState("two-minute", 120, 10, 3, 7, reset, 0, True)
+    d = decision(policy="p", limit=10, remaining=3, reset_at=reset, windows=(minute, two))
+    assert d.headers(now=T0)["RateLimit"] == '"p-two-minute";r=3;t=30'
+
+
 # ------------------------------------------------------------------ asyncio --
 def test_async_shield(db: str, conn: psycopg.Connection) -> None:
     at(conn, T0)

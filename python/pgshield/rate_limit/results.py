@@ -102,8 +102,15 @@ class Decision:
         if self.windows:
             prefix = self.policy or "policy"
             items = [(f"{prefix}-{w.name}", w.limit, w.window_seconds) for w in self.windows]
+            # The window the top-level fields describe: same limit, remaining and reset (two
+            # windows of one limit can reset together with different remainders).
             binding = next(
-                (w for w in self.windows if w.limit == self.limit and w.reset_at == self.reset_at),
+                (
+                    w
+                    for w in self.windows
+                    if (w.limit, w.remaining, w.reset_at)
+                    == (self.limit, self.remaining, self.reset_at)
+                ),
                 self.windows[0],
             )
             name = f"{prefix}-{binding.name}"
