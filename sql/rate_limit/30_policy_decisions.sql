@@ -226,6 +226,7 @@ declare
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
   v_u bigint; v_r bigint; v_exp bigint; v_bind_r bigint; v_rem bigint;
   v_current pgshield.rate_limit_policies;
+  v_slim integer[]; v_j integer;  -- a token bucket's stored limits
 begin
   -- The tier's windows, the stored row and the clock in one read. A policy
   -- with one tier decides every subject under it, whatever tier the
@@ -392,6 +393,20 @@ begin
         r_reset[v_bind] := timestamptz 'epoch' + v_bind_r * interval '1 microsecond';
       end if;
     else
+      if p_policy.algorithm = 'token_bucket' and v_salg = 'token_bucket' then
+        -- A bucket written under another limit (the subject changed tier,
+        -- the policy was redefined) keeps the tokens it used, not its time
+        -- debt: 2 of free's 2 a minute are 2 of pro's 100, not a full bucket
+        -- (tat is now + used * window / limit).
+        select s.limits into v_slim from pgshield.rate_limit_policy_state s
+         where s.subject = p_subject and s.policy = p_policy.name;
+        for v_i in 1 .. v_n loop
+          v_j := array_position(v_sws, v_ws[v_i]);
+          if v_tat[v_i] > v_now_us and v_slim[v_j] > 0 and v_slim[v_j] <> v_lim[v_i] then
+            v_tat[v_i] := v_now_us + (v_tat[v_i] - v_now_us) * v_slim[v_j] / v_lim[v_i];
+          end if;
+        end loop;
+      end if;
       v_all_fit := true;
       v_expires := v_now;
       for v_i in 1 .. v_n loop

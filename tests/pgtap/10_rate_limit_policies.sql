@@ -1,7 +1,7 @@
 -- rate_limit: policies, tiers, multi-window atomicity, endpoint costs, counters.
 begin;
 \ir _helpers.psql
-select plan(40);
+select plan(43);
 
 -- One policy decision as a short line: outcome, limit, remaining, retry, tier, violated windows.
 create function pg_temp.ck(r public.rate_limit_check_result) returns text
@@ -120,6 +120,18 @@ select is(pg_temp.ck(check_rate_limit('pgshield_t_tb', 1, null, 'pgshield_t_erin
 select is(pg_temp.ck(check_rate_limit('pgshield_t_tb', 1, null, 'pgshield_t_erin')),
   'denied limit=3 remaining=0 retry=1170000 tier=free violated=minute,hour',
   'token_bucket policies: retry is the longest wait among violated windows (19.5 min for the hour)');
+-- A tier change keeps the tokens used, not the bucket's time debt (2 of free's 2 used a full
+-- minute of debt, which under pro's 100 a minute read as a full bucket).
+select public.define_rate_limit_policy('pgshield_t_tbt', '{"free": {"minute": 2}, "pro": {"minute": 100}}'::jsonb,
+                                       'token_bucket');
+select check_rate_limit('pgshield_t_tbt', 2, null, 'pgshield_t_fay');
+select public.set_rate_limit_tier('pgshield_t_fay', 'pro');
+select is(pg_temp.ck(check_rate_limit('pgshield_t_tbt', 1, null, 'pgshield_t_fay')), 'allowed limit=100 remaining=97 retry=0 tier=pro violated=',
+  'token_bucket: 2 used on free are 2 of pro''s 100 after an upgrade');
+select is((check_rate_limit('pgshield_t_tbt', 1, null, 'pgshield_t_fay')).remaining, 96, '... and pro counts on from there');
+select public.set_rate_limit_tier('pgshield_t_fay', 'free');
+select is(pg_temp.ck(check_rate_limit('pgshield_t_tbt', 1, null, 'pgshield_t_fay')), 'denied limit=2 remaining=0 retry=90000 tier=free violated=minute',
+  '... and back on free the 4 used are 4 of 2: one more fits once 3 have refilled (90 s)');
 
 select public.define_rate_limit_policy('pgshield_t_sw', '{"free": {"minute": 4}}'::jsonb, 'sliding_window');
 select pgshield.set_clock('2030-01-01 02:00:30+00');
