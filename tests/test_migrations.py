@@ -313,3 +313,30 @@ def test_the_runner_gives_the_callers_search_path_back(db: str, autocommit: bool
         if autocommit:
             migrate(conn)  # nothing pending: the path comes back all the same
             assert conn.execute("show search_path").fetchone() == ('"$user", public, extensions',)
+
+
+def test_the_runner_changes_no_session_a_transaction_pooler_would_hand_on(bare_db: str) -> None:
+    # Through Supavisor or PgBouncer in transaction mode each transaction may run on another
+    # server connection: a session-level SET (even one restored later, on another connection)
+    # leaves some pooled connection with search_path = pg_catalog, pg_temp, and the app's
+    # unqualified queries there fail with 42P01. pg_settings says "session" once any
+    # session-level SET ran on this connection; a SET LOCAL leaves nothing.
+    def source(conn: psycopg.Connection) -> str:
+        row = conn.execute("select source from pg_settings where name = 'search_path'").fetchone()
+        assert row is not None
+        return row[0]
+
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        assert source(conn) != "session"
+        assert migrate(conn)  # every migration applied
+        status(conn)
+        migrate(conn, dry_run=True)
+        assert source(conn) != "session"
+    done = CliRunner().invoke(main, ["migrate", "--json", "--dsn", bare_db])
+    assert done.exit_code == 0, done.output
+    with (
+        psycopg.connect(bare_db, autocommit=True) as conn,
+        pytest.raises(MigrationError, match="outside one"),
+        conn.transaction(),
+    ):
+        migrate(conn)

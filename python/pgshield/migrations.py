@@ -144,13 +144,23 @@ def _has_code(stmt: str) -> bool:
 
 @contextlib.contextmanager
 def pinned_search_path(conn: psycopg.Connection) -> Iterator[None]:
-    """Run the block with the session's search_path pinned to ``pg_catalog, pg_temp``.
+    """Run the block with search_path pinned to ``pg_catalog, pg_temp``, changing no session.
 
-    Everything the runner sends (its own queries, the compat stub, each migration) then
-    resolves no function, operator or type through a schema other roles can write to
-    (CVE-2018-1058: a look-alike ``public.unnest(text[])`` or ``public.hashtextextended(text,
-    integer)`` would otherwise run as the migrator). The caller's value is restored after.
+    What the runner sends in the block then resolves no function, operator or type through a
+    schema other roles can write to (CVE-2018-1058: a look-alike ``public.unnest(text[])``
+    would otherwise run as the migrator). On an autocommit connection outside a transaction
+    the block is one transaction and the pin a ``SET LOCAL``: nothing outlives it, so a
+    transaction pooler (Supavisor, PgBouncer), which may hand every transaction another server
+    connection, is left with no server connection whose search_path was changed (a session
+    ``SET`` landed on one and its restore on another). Inside a transaction (the caller's) the
+    caller's value is put back before it ends. Each migration pins itself in its own
+    transaction (``migrate``), so do not wrap ``migrate`` in this.
     """
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        with conn.transaction():
+            conn.execute(PIN_SEARCH_PATH)
+            yield
+        return
     row = conn.execute("show search_path").fetchone()
     saved = row[0] if row else None
     conn.execute("set search_path = pg_catalog, pg_temp")
@@ -240,8 +250,17 @@ def migrate(
         return [s.migration for s in states if not s.applied]
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
-    with pinned_search_path(conn):
-        return _apply(conn, states, progress)
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise MigrationError(
+            "migrate() runs each migration in its own transaction: call it outside one"
+        )
+    pending = [s.migration for s in states if not s.applied]
+    if pending:
+        with pinned_search_path(conn):
+            _refuse_foreign_schema(conn)
+            _refuse_missing_platform(conn)
+            _refuse_foreign_types(conn, pending)
+    return _apply(conn, states, progress)
 
 
 def _apply(
@@ -249,15 +268,13 @@ def _apply(
     states: list[MigrationState],
     progress: Callable[[Migration], None] | None,
 ) -> list[Migration]:
-    pending = [s.migration for s in states if not s.applied]
-    if pending:
-        _refuse_foreign_schema(conn)
-        _refuse_missing_platform(conn)
-        _refuse_foreign_types(conn, pending)
     applied: list[Migration] = []
     for migration in (s.migration for s in states if not s.applied):
         try:
             with conn.transaction():
+                # First: the lock's hashtextextended and the bookkeeping resolve nothing
+                # through a schema other roles can write to either.
+                conn.execute(PIN_SEARCH_PATH)
                 conn.execute(LOCK_SQL)
                 conn.execute(BOOKKEEPING_SQL)
                 versions, sums = _applied(conn)

@@ -21,11 +21,12 @@ def available_extensions(conn: psycopg.Connection) -> set[str]:
 
 def prepare_database(dsn: str, *, apply_migrations: bool = True) -> None:
     """Apply the compat stub, create pgtap (when installed) and apply the migrations."""
-    with connect(dsn) as conn, pinned_search_path(conn):
+    with connect(dsn) as conn:
         try:
-            conn.execute(compat_sql())
-            if "pgtap" in available_extensions(conn):
-                conn.execute("create extension if not exists pgtap with schema extensions")
+            with pinned_search_path(conn):
+                conn.execute(compat_sql())
+                if "pgtap" in available_extensions(conn):
+                    conn.execute("create extension if not exists pgtap with schema extensions")
         except psycopg.Error as exc:
             raise translate(exc) from exc
         if apply_migrations:

@@ -55,17 +55,19 @@ def migrate(dsn: str | None, dry_run: bool, with_compat: bool, as_json: bool) ->
     Example: pgshield migrate --dsn "$DATABASE_URL" --dry-run
     """
     dsn = resolve_dsn(dsn, apply_migrations=False)
-    with connect(dsn, timeout=10) as conn, pinned_search_path(conn):
-        if with_compat and not dry_run:
-            conn.execute(compat_sql())
-        before = installed_version(conn)
+    with connect(dsn, timeout=10) as conn:
+        with pinned_search_path(conn):
+            if with_compat and not dry_run:
+                conn.execute(compat_sql())
+            before = installed_version(conn)
         shown = not as_json and not dry_run
 
         def announce(m: Migration) -> None:
             click.echo(f"applying {m.filename} ({release_of(m.filename) or 'unreleased'})")
 
         done = run_migrations(conn, dry_run=dry_run, progress=announce if shown else None)
-        after = before if dry_run else installed_version(conn)
+        with pinned_search_path(conn):
+            after = before if dry_run else installed_version(conn)
     rows = [
         {
             "version": m.version,
