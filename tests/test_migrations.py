@@ -340,3 +340,20 @@ def test_the_runner_changes_no_session_a_transaction_pooler_would_hand_on(bare_d
         conn.transaction(),
     ):
         migrate(conn)
+
+
+def test_migrations_whose_history_was_reverted_are_not_applied_again(bare_db: str) -> None:
+    # `supabase migration repair --status reverted` deletes schema_migrations rows and leaves
+    # the schema: applying those files again would put released functions back over newer ones.
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        migrate(conn)
+        version = conn.execute("select pgshield.version()").fetchone()
+        conn.execute(
+            "delete from supabase_migrations.schema_migrations where version in (%s, %s)",
+            (discover()[0].version, discover()[1].version),
+        )
+        with pytest.raises(MigrationError, match="2 migration") as refused:
+            migrate(conn)
+        assert "repair --status applied" in (refused.value.hint or "")
+        assert conn.execute("select pgshield.version()").fetchone() == version
+        assert len(applied_versions(bare_db)) == len(discover()) - 2, "nothing was recorded"

@@ -257,10 +257,32 @@ def migrate(
     pending = [s.migration for s in states if not s.applied]
     if pending:
         with pinned_search_path(conn):
+            _refuse_reverted(conn, pending)
             _refuse_foreign_schema(conn)
             _refuse_missing_platform(conn)
             _refuse_foreign_types(conn, pending)
     return _apply(conn, states, progress)
+
+
+def _refuse_reverted(conn: psycopg.Connection, pending: list[Migration]) -> None:
+    """Refuse pending migrations pgshield applied before, whose history rows were removed.
+
+    ``supabase db push`` suggests ``supabase migration repair --status reverted`` for versions
+    its local folder lacks, and that deletes their ``schema_migrations`` rows while the schema
+    they made stays: applying them again would put released functions back over newer ones
+    (and the pack's version back). Only pgshield's checksum row remembers them.
+    """
+    _, sums = _applied(conn)
+    reverted = [m for m in pending if m.version in sums]
+    if reverted:
+        names = ", ".join(m.filename for m in reverted[:3]) + (" ..." if len(reverted) > 3 else "")
+        raise MigrationError(
+            f"{len(reverted)} migration(s) pgshield applied are no longer in"
+            f" supabase_migrations.schema_migrations (marked reverted?): {names}",
+            hint="their schema is still there: record them again with `supabase migration repair"
+            " --status applied <version> ...`, and keep the files in supabase/migrations"
+            " (`pgshield export --to supabase/migrations`) so that `supabase db push` knows them",
+        )
 
 
 def _apply(
