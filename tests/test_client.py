@@ -6,6 +6,7 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgshield
@@ -53,6 +54,28 @@ def test_every_source_kind(db: str) -> None:
         assert Shield(conn).version() == pgshield.__version__
     with ConnectionPool(db, min_size=1, max_size=2, open=True) as pool:
         assert Shield(pool).version() == pgshield.__version__
+
+
+def test_a_connection_not_in_autocommit_is_left_with_no_open_transaction(db: str) -> None:
+    # psycopg's default connection: a call through Shield(conn) used to leave its transaction
+    # open, holding the key's row lock against every other instance until the app committed
+    # (and the hit was lost if it never did).
+    with psycopg.connect(db) as conn, psycopg.connect(db, autocommit=True) as other:
+        hit = Shield(conn).rate_limits.hit("pgshield_t_conn", limit=5, window=60)
+        assert hit.allowed and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert not conn.autocommit, "the connection is given back as it was"
+        seen = Shield(other, timeout=2).rate_limits.peek("pgshield_t_conn", limit=5, window=60)
+        assert seen.remaining == 3, "the first hit is committed and the key not locked"
+        with conn.transaction():  # inside the caller's own transaction: run in it
+            Shield(conn).rate_limits.hit("pgshield_t_conn", limit=5, window=60)
+            assert conn.info.transaction_status == pq.TransactionStatus.INTRANS
+
+    async def go() -> tuple[bool, pq.TransactionStatus]:
+        async with await psycopg.AsyncConnection.connect(db) as aconn:
+            got = await AsyncShield(aconn).rate_limits.hit("pgshield_t_aconn", limit=5, window=60)
+            return got.allowed, aconn.info.transaction_status
+
+    assert asyncio.run(go()) == (True, pq.TransactionStatus.IDLE)
 
 
 def test_async_sources(db: str) -> None:

@@ -231,7 +231,9 @@ class SyncClient(_Settings):
         try:
             check_deadline(deadline)
             if isinstance(self.source, psycopg.Connection):
-                return self._run(self.source, op)
+                # As a pooled one: idle, the call owns (and commits) its transaction even
+                # when the connection is not autocommit; inside one, it runs in it.
+                return self._run_pooled(self.source, op)
             try:
                 return self._run(self._owned(), op)
             except Unavailable:
@@ -384,7 +386,9 @@ class AsyncClient(_Settings):
         try:
             check_deadline(deadline)
             if isinstance(self.source, psycopg.AsyncConnection):
-                return await self._run(self.source, op)
+                # As a pooled one: idle, the call owns (and commits) its transaction even
+                # when the connection is not autocommit; inside one, it runs in it.
+                return await self._run_pooled(self.source, op)
             try:
                 return await self._run(await self._owned(), op)
             except Unavailable:

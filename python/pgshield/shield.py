@@ -24,7 +24,10 @@ class Shield(SyncClient):
     """Synchronous pgshield client.
 
     ``Shield(dsn)``, ``Shield(connection)`` or ``Shield(pool)``; nothing is opened until the
-    first call. Every method accepts ``conn=`` to run inside the caller's own transaction.
+    first call. A call on a connection or pool connection that is idle has its own transaction,
+    committed when it returns, even if the connection is not autocommit (one already inside a
+    transaction runs the call in it). Every method accepts ``conn=`` to run inside the caller's
+    own transaction.
     ``timeout`` bounds every call (the server's ``statement_timeout``, and a stopped server
     too); ``isolation`` and ``retries`` apply when pgshield owns the transaction.
     ``prepared_statements=True`` lets the connections pgshield opens from a DSN prepare
