@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 
 import click
 import psycopg
@@ -165,3 +167,19 @@ def test_a_short_password_does_not_mangle_the_error_line() -> None:
     )
     assert result.exit_code == 1
     assert result.output.strip() == 'Error: connection is bad: invalid sslmode value: "bogus"'
+
+
+def test_an_os_error_is_one_line_and_exit_1(db: str, tmp_path: Path) -> None:
+    # A port in use, a host that does not resolve, a path that cannot be written: one
+    # "Error:" line, not a traceback.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        served = CliRunner().invoke(main, ["metrics", "--serve", str(port), "--dsn", db])
+    assert served.exit_code == 1 and served.output.startswith("Error: "), served.output
+    assert "in use" in served.output and "Traceback" not in served.output
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    exported = CliRunner().invoke(main, ["export", "--to", str(blocked / "migrations")])
+    assert exported.exit_code == 1 and exported.output.startswith("Error: "), exported.output

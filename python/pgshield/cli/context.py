@@ -97,7 +97,7 @@ def used_dsn(dsn: str | None) -> str | None:
 
 
 def expected_errors(func: F) -> F:
-    """Print database and pgshield errors as one ``Error: ...`` line and exit 1, no traceback.
+    """Print database, pgshield and OS errors as one ``Error: ...`` line and exit 1, no traceback.
 
     The line never shows a password: libpq quotes the part of a connection string it could not
     parse, which may be the password itself."""
@@ -108,5 +108,7 @@ def expected_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (ShieldError, psycopg.Error) as exc:
             raise click.ClickException(masked(one_line(exc), used_dsn(kwargs.get("dsn")))) from exc
+        except OSError as exc:  # a port in use, a host that does not resolve, a path not there
+            raise click.ClickException(masked(str(exc), used_dsn(kwargs.get("dsn")))) from exc
 
     return wrapper  # type: ignore[return-value]
