@@ -357,3 +357,19 @@ def test_migrations_whose_history_was_reverted_are_not_applied_again(bare_db: st
         assert "repair --status applied" in (refused.value.hint or "")
         assert conn.execute("select pgshield.version()").fetchone() == version
         assert len(applied_versions(bare_db)) == len(discover()) - 2, "nothing was recorded"
+
+
+def test_a_history_table_an_older_supabase_cli_made_is_completed(bare_db: str) -> None:
+    # Older CLIs made schema_migrations with the version alone; recording failed with 42703.
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute(
+            "create schema supabase_migrations;"
+            " create table supabase_migrations.schema_migrations (version text primary key);"
+            " insert into supabase_migrations.schema_migrations values ('20200101000000')"
+        )
+        assert migrate(conn)
+        row = conn.execute(
+            "select name from supabase_migrations.schema_migrations where version = %s",
+            (discover()[0].version,),
+        ).fetchone()
+        assert row == (discover()[0].name,)

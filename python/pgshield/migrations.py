@@ -34,6 +34,22 @@ create table if not exists supabase_migrations.schema_migrations (
   statements text[],
   name text
 );
+-- A history table made by an older Supabase CLI has only the version (the CLI adds the other
+-- columns as it goes); altered only when one is missing (ALTER TABLE locks it even then).
+do $bk$
+begin
+  if not exists (select 1 from pg_attribute a
+                  where a.attrelid = 'supabase_migrations.schema_migrations'::regclass
+                    and a.attname = 'statements' and not a.attisdropped) then
+    alter table supabase_migrations.schema_migrations add column statements text[];
+  end if;
+  if not exists (select 1 from pg_attribute a
+                  where a.attrelid = 'supabase_migrations.schema_migrations'::regclass
+                    and a.attname = 'name' and not a.attisdropped) then
+    alter table supabase_migrations.schema_migrations add column name text;
+  end if;
+end
+$bk$;
 create table if not exists supabase_migrations.pgshield_checksums (
   version text not null primary key,
   name text not null,
