@@ -183,3 +183,10 @@ def test_an_os_error_is_one_line_and_exit_1(db: str, tmp_path: Path) -> None:
     blocked.write_text("")
     exported = CliRunner().invoke(main, ["export", "--to", str(blocked / "migrations")])
     assert exported.exit_code == 1 and exported.output.startswith("Error: "), exported.output
+
+
+@pytest.mark.parametrize("command", [["ratelimit", "policies"], ["guard", "status"], ["metrics"]])
+def test_a_database_without_the_pack_is_told_to_migrate(bare_db: str, command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--dsn", bare_db])
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert "pgshield migrate" in result.output, result.output

@@ -40,8 +40,15 @@ def resolve_dsn(dsn: str | None, *, apply_migrations: bool = True) -> str:
     return prepare_cluster(cluster, apply_migrations=apply_migrations)
 
 
+NOT_INSTALLED_HINT = (
+    "is the pack installed (and up to date) in this database? `pgshield status` lists the"
+    " pending migrations, `pgshield migrate` applies them"
+)
+
+
 def one_line(exc: ShieldError | psycopg.Error) -> str:
-    """The error as one line; a role that may not use schema pgshield is told which to use."""
+    """The error as one line; a role that may not use schema pgshield is told which to use,
+    and a function, table or schema of the pack that is not there points at the migrations."""
     err = translate(exc) if isinstance(exc, psycopg.Error) else exc
     if (
         isinstance(err, NotAllowed)
@@ -49,6 +56,10 @@ def one_line(exc: ShieldError | psycopg.Error) -> str:
         and "permission denied for schema pgshield" in str(err)
     ):
         err.hint = SCHEMA_HINT
+    elif (err.sqlstate in ("42883", "42P01", "3F000") and "pgshield" in str(err)) or (
+        err.sqlstate == "42883" and "public." in str(err)
+    ):
+        err.hint = NOT_INSTALLED_HINT
     return str(err)
 
 
