@@ -276,6 +276,11 @@ def test_plain_postgres_is_refused_before_anything_then_takes_the_compat_stub(
         refused = CliRunner().invoke(main, ["migrate", "--dsn", dsn])
         assert refused.exit_code == 1
         assert refused.output.startswith("Error: this database lacks"), refused.output
+        # A dry run is refused the same way (it used to list what it "would apply").
+        dry = CliRunner().invoke(main, ["migrate", "--dry-run", "--dsn", dsn])
+        assert dry.exit_code == 1 and "lacks" in dry.output, dry.output
+        stub = CliRunner().invoke(main, ["migrate", "--dry-run", "--with-compat", "--dsn", dsn])
+        assert stub.exit_code == 0 and "would apply" in stub.output, stub.output
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(compat_sql())
             conn.execute("revoke usage on schema auth from public")

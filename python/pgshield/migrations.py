@@ -253,20 +253,22 @@ def migrate(
     dry_run: bool = False,
     migrations: list[Migration] | None = None,
     progress: Callable[[Migration], None] | None = None,
+    platform_check: bool = True,
 ) -> list[Migration]:
     """Apply pending migrations in order, each in its own transaction; return those applied.
 
     ``conn`` must be in autocommit mode (pgshield opens one transaction per migration).
-    With ``dry_run`` nothing is executed and the pending migrations are returned.
+    With ``dry_run`` nothing is executed and the pending migrations are returned, after the
+    same checks as a real run (a run that would be refused is refused). ``platform_check``
+    False skips the test for what Supabase provides, for a dry run before the compat stub
+    (which provides it) is applied.
     """
     migrations = discover() if migrations is None else migrations
     states = status(conn, migrations)
     _refuse_edited(states)
-    if dry_run:
-        return [s.migration for s in states if not s.applied]
-    if not conn.autocommit:
+    if not dry_run and not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    if not dry_run and conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() runs each migration in its own transaction: call it outside one"
         )
@@ -275,8 +277,11 @@ def migrate(
         with pinned_search_path(conn):
             _refuse_reverted(conn, pending)
             _refuse_foreign_schema(conn)
-            _refuse_missing_platform(conn)
+            if platform_check:
+                _refuse_missing_platform(conn)
             _refuse_foreign_types(conn, pending)
+    if dry_run:
+        return pending
     return _apply(conn, states, progress)
 
 

@@ -65,7 +65,12 @@ def migrate(dsn: str | None, dry_run: bool, with_compat: bool, as_json: bool) ->
         def announce(m: Migration) -> None:
             click.echo(f"applying {m.filename} ({release_of(m.filename) or 'unreleased'})")
 
-        done = run_migrations(conn, dry_run=dry_run, progress=announce if shown else None)
+        done = run_migrations(
+            conn,
+            dry_run=dry_run,
+            progress=announce if shown else None,
+            platform_check=not (dry_run and with_compat),
+        )
         with pinned_search_path(conn):
             after = before if dry_run else installed_version(conn)
     rows = [
