@@ -201,3 +201,50 @@ def test_checks_never_fail_while_the_policy_is_redefined(db: str, conn: psycopg.
 
     run_threads(clients, work)
     assert redefinitions[0] > 20 and sum(answered) > 200, (redefinitions, answered)
+
+
+def test_the_first_checks_after_an_upgrade_see_the_tokens_used(
+    db: str, conn: psycopg.Connection
+) -> None:
+    # A token bucket converts its time debt through the limits it was written under. Those are
+    # read with the state row: read apart, a concurrent first write under the new tier made
+    # them look current, the stale debt (a full pro bucket) went unconverted, and the check
+    # was refused though 2 of pro's 100 were used.
+    conn.execute("select pgshield.set_clock('2030-01-01 00:00:10+00')")
+    conn.execute(
+        "select public.define_rate_limit_policy('pgshield_t_up', %s::jsonb,"
+        " p_algorithm => 'token_bucket')",
+        ('{"free": {"60": 2}, "pro": {"60": 100}}',),
+    )
+    clients, rounds = 6, 80
+    refused: list[tuple[int, int]] = []
+    ready = threading.Barrier(clients + 1)
+    done = threading.Barrier(clients + 1)
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        with connect(db) as c:
+            barrier.wait()
+            for r in range(rounds):
+                ready.wait()
+                row = c.execute(
+                    "select allowed from public.check_rate_limit('pgshield_t_up', 1, null, %s)",
+                    (f"pgshield_t_u{r}",),
+                ).fetchone()
+                if row != (True,):
+                    refused.append((r, i))
+                done.wait()
+
+    def setup(_: int, barrier: threading.Barrier) -> None:
+        with connect(db) as c:
+            barrier.wait()
+            for r in range(rounds):
+                subject = f"pgshield_t_u{r}"
+                c.execute(
+                    "select public.check_rate_limit('pgshield_t_up', 2, null, %s)", (subject,)
+                )
+                c.execute("select public.set_rate_limit_tier(%s, 'pro')", (subject,))
+                ready.wait()
+                done.wait()
+
+    run_threads(clients + 1, lambda i, b: setup(i, b) if i == clients else work(i, b))
+    assert refused == [], f"{len(refused)} of {clients * rounds} checks refused"

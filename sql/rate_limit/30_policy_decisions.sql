@@ -226,7 +226,7 @@ declare
   v_w bigint; v_stored bigint; v_t bigint; v_s0 bigint; v_cur bigint; v_pv bigint;  -- one window
   v_u bigint; v_r bigint; v_exp bigint; v_bind_r bigint; v_rem bigint;
   v_current pgshield.rate_limit_policies;
-  v_slim integer[]; v_j integer;  -- a token bucket's stored limits
+  v_slim integer[]; v_j integer;  -- the stored limits (a token bucket's tier change)
 begin
   -- The tier's windows, the stored row and the clock in one read. A policy
   -- with one tier decides every subject under it, whatever tier the
@@ -234,22 +234,22 @@ begin
   -- choice (each part of a statement costs again in every transaction).
   if p_policy.tiers = 1 then
     select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
-           s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
+           s.algorithm, s.windows, s.limits, s.starts, s.counts, s.prevs, s.tats, s.xmin,
            coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                     clock_timestamp())
       into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
-           v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
+           v_salg, v_sws, v_slim, v_start, v_count, v_prev, v_tat, v_xmin, v_now
       from pgshield.rate_limit_policy_tiers t
       left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
      where t.policy = p_policy.name
        and t.tier = p_policy.default_tier;
   else
     select t.tier, t.windows, t.limits, t.names, t.heads, t.rate_limit_heads, t.policy_header,
-           s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats, s.xmin,
+           s.algorithm, s.windows, s.limits, s.starts, s.counts, s.prevs, s.tats, s.xmin,
            coalesce((select coalesce(c.frozen_at, clock_timestamp()) + c.shift from pgshield.clock c),
                     clock_timestamp())
       into v_tier, v_ws, v_lim, v_names, v_heads, v_rl_heads, v_policy_header,
-           v_salg, v_sws, v_start, v_count, v_prev, v_tat, v_xmin, v_now
+           v_salg, v_sws, v_slim, v_start, v_count, v_prev, v_tat, v_xmin, v_now
       from pgshield.rate_limit_policy_tiers t
       left join pgshield.rate_limit_policy_state s on s.subject = p_subject and s.policy = t.policy
      where t.policy = p_policy.name
@@ -284,8 +284,8 @@ begin
       values (p_subject, p_policy.name, p_policy.algorithm, '{}', '{}', '{}', '{}', '{}', '{}', v_now)
       on conflict (subject, policy) do update set expires_at = s.expires_at where false;
       v_locked := true;
-      select s.algorithm, s.windows, s.starts, s.counts, s.prevs, s.tats
-        into v_salg, v_sws, v_start, v_count, v_prev, v_tat
+      select s.algorithm, s.windows, s.limits, s.starts, s.counts, s.prevs, s.tats
+        into v_salg, v_sws, v_slim, v_start, v_count, v_prev, v_tat
         from pgshield.rate_limit_policy_state s where s.subject = p_subject and s.policy = p_policy.name;
       v_now := greatest(v_now, pgshield.now());
     end if;
@@ -397,13 +397,15 @@ begin
         -- A bucket written under another limit (the subject changed tier,
         -- the policy was redefined) keeps the tokens it used, not its time
         -- debt: 2 of free's 2 a minute are 2 of pro's 100, not a full bucket
-        -- (tat is now + used * window / limit).
-        select s.limits into v_slim from pgshield.rate_limit_policy_state s
-         where s.subject = p_subject and s.policy = p_policy.name;
+        -- (tat is now + used * window / limit). More used than the new
+        -- limit holds is an empty bucket, a window's wait at most (or the
+        -- debt as it was, a recorded penalty), never the old debt stretched.
+        -- The limits come with the state row, in the same read.
         for v_i in 1 .. v_n loop
           v_j := array_position(v_sws, v_ws[v_i]);
           if v_tat[v_i] > v_now_us and v_slim[v_j] > 0 and v_slim[v_j] <> v_lim[v_i] then
-            v_tat[v_i] := v_now_us + (v_tat[v_i] - v_now_us) * v_slim[v_j] / v_lim[v_i];
+            v_tat[v_i] := v_now_us + least((v_tat[v_i] - v_now_us) * v_slim[v_j] / v_lim[v_i],
+                                           greatest(v_ws[v_i] * 1000000::numeric, v_tat[v_i] - v_now_us));
           end if;
         end loop;
       end if;
