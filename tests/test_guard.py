@@ -340,6 +340,60 @@ def test_a_hook_set_by_a_pre_config_function_is_refused_or_chained(
     assert left in ((None,), ("",))
 
 
+def test_a_pre_config_function_runs_as_postgrest_runs_it_or_install_refuses(
+    owner: psycopg.Connection,
+) -> None:
+    dbname = owner.info.dbname
+
+    def pre_config(body: str) -> None:
+        owner.execute(
+            "create or replace function public.pgshield_t_pre_config() returns void"
+            f" language plpgsql as $$ begin {body} end $$"
+        )
+        owner.execute(
+            f'alter role authenticator in database "{dbname}"'
+            " set pgrst.db_pre_config = 'public.pgshield_t_pre_config'"
+        )
+
+    shield = Shield(owner)
+    # Unqualified names resolve through authenticator's search_path, as under PostgREST.
+    owner.execute(
+        "create table public.pgshield_t_api_config (hook text);"
+        " insert into public.pgshield_t_api_config values ('public.pgshield_t_cfg_hook');"
+        " create function public.pgshield_t_cfg_hook() returns void language sql as 'select 1'"
+    )
+    pre_config(
+        "perform set_config('pgrst.db_pre_request',"
+        " (select hook from pgshield_t_api_config), true);"
+    )
+    with pytest.raises(ShieldError) as refused:
+        shield.guard.install()
+    assert refused.value.sqlstate == "55000" and "pgshield_t_cfg_hook" in str(refused.value)
+    # One that fails cannot say what it sets: refused, nothing written (it used to count as
+    # setting nothing, and install replaced its hook).
+    pre_config("raise exception 'pgshield_t: config table is missing';")
+    with pytest.raises(ShieldError) as failing:
+        shield.guard.install()
+    assert failing.value.sqlstate == "55000" and "config table is missing" in str(failing.value)
+    assert hook(owner) is None
+    # One the installer does not own is not run with the installer's rights.
+    owner.execute(
+        "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshield_t_other')"
+        " then create role pgshield_t_other; end if; end $$;"
+        " alter function public.pgshield_t_pre_config() owner to pgshield_t_other"
+    )
+    try:
+        with pytest.raises(ShieldError, match="not yours"):
+            shield.guard.install()
+    finally:
+        owner.execute("alter function public.pgshield_t_pre_config() owner to current_user")
+    # Chained from the pre-config function, uninstall leaves the hook to it again.
+    pre_config("perform set_config('pgrst.db_pre_request', 'public.pgshield_t_cfg_hook', true);")
+    assert shield.guard.install(chain=True).chained_function == "public.pgshield_t_cfg_hook"
+    removed = shield.guard.uninstall()
+    assert not removed.installed and hook(owner) is None, "no setting written over it"
+
+
 def test_the_guard_set_for_every_database_is_not_reset_from_one(
     owner: psycopg.Connection,
 ) -> None:
