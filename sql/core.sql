@@ -115,17 +115,27 @@ $$;
 revoke all on function pgshield.reset_clock() from public;
 
 -- p_at moved by p_by (back when p_back), or null where the result would be
--- out of the timestamp range (22008): callers that take an interval from a
--- caller test the time it gives rather than the interval, because comparing
--- intervals counts a month as 30 days ('300000 years -107999970 days'
--- compares as 30 days and overflows when added).
+-- out of the timestamp range (22008), or where p_by's months, days and time
+-- have opposite signs: callers that take an interval from a caller test the
+-- time it gives rather than the interval, because comparing intervals counts
+-- a month as 30 days ('300000 years -107999970 days' compares as 30 days and
+-- overflows when added), and a stored interval of mixed signs moves the
+-- clock by an amount that changes with the date ('1 month -29 days' is 2 days
+-- back from a day in January and 1 day ahead from one in March).
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.time_moved(p_at timestamptz, p_by interval, p_back boolean)
 returns timestamptz
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_months numeric := extract(year from p_by) * 12 + extract(month from p_by);
+  v_days numeric := extract(day from p_by);
+  v_time numeric := extract(hour from p_by) * 3600 + extract(minute from p_by) * 60 + extract(second from p_by);
 begin
+  if greatest(v_months, v_days, v_time) > 0 and least(v_months, v_days, v_time) < 0 then
+    return null;
+  end if;
   if p_back then
     return p_at - p_by;
   end if;

@@ -1,7 +1,7 @@
 -- teams: bad input raises 22023 and writes nothing (not even an audit row).
 begin;
 \ir _helpers.psql
-select plan(24);
+select plan(25);
 
 select pg_temp.create_test_user('ann');
 select pg_temp.create_test_user('bob');
@@ -54,6 +54,8 @@ select throws_ok($$ select pgshield.set_teams_audit_retention(interval '10000 ye
   'an audit retention over 1000 years (it made every cleanup fail with 22008)');
 select throws_ok($$ select pgshield.set_teams_audit_retention(interval '-300000 years 108000030 days') $$,
   '22023', null, 'an audit retention that compares as 30 days but overflows the clock');
+select throws_ok($$ select pgshield.set_teams_audit_retention(interval '1 month -29 days') $$, '22023', null,
+  'an audit retention of mixed signs (it cut off in the future some months: rows deleted at once)');
 
 select pg_temp.act_as_owner();
 select is((select count(*)::integer from pgshield.teams where slug like 'pgshield-t-%'), 2,

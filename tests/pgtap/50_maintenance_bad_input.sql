@@ -1,7 +1,7 @@
 -- maintenance: bad input is refused with 22023 and writes nothing.
 begin;
 \ir _helpers.psql
-select plan(19);
+select plan(20);
 
 select pgshield.set_clock('2001-01-01 00:00:10+00');
 create temp table pgshield_t_before as
@@ -38,6 +38,8 @@ select throws_ok($$ select pgshield.set_maintenance_task('maintenance', p_retent
 select throws_ok(
   $$ select pgshield.set_maintenance_task('maintenance', p_retention => interval '-300000 years 108000030 days') $$,
   '22023', null, 'a retention that compares as 30 days but overflows the clock is bad input');
+select throws_ok($$ select pgshield.set_maintenance_task('maintenance', p_retention => interval '1 month -29 days') $$,
+  '22023', null, 'a retention of mixed signs is bad input (2 days in January, 1 day ahead in March)');
 select throws_ok($$ select pgshield.maintenance_cleanup(10, interval '300000 years') $$, '22023', null,
   'a retention past the timestamp range is bad input for the module''s own cleanup');
 
