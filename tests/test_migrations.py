@@ -362,6 +362,10 @@ def test_migrations_whose_history_was_reverted_are_not_applied_again(bare_db: st
         assert "repair --status applied" in (refused.value.hint or "")
         assert conn.execute("select pgshield.version()").fetchone() == version
         assert len(applied_versions(bare_db)) == len(discover()) - 2, "nothing was recorded"
+        # The pack dropped on purpose (its schema and its history): installed again.
+        conn.execute("drop schema pgshield cascade")
+        conn.execute("delete from supabase_migrations.schema_migrations")
+        assert len(migrate(conn)) == len(discover())
 
 
 def test_a_history_table_an_older_supabase_cli_made_is_completed(bare_db: str) -> None:

@@ -291,9 +291,13 @@ def _refuse_reverted(conn: psycopg.Connection, pending: list[Migration]) -> None
     ``supabase db push`` suggests ``supabase migration repair --status reverted`` for versions
     its local folder lacks, and that deletes their ``schema_migrations`` rows while the schema
     they made stays: applying them again would put released functions back over newer ones
-    (and the pack's version back). Only pgshield's checksum row remembers them.
+    (and the pack's version back). Only pgshield's checksum row remembers them. Once schema
+    pgshield is gone too (the pack dropped to install it again), they are applied again.
     """
     _, sums = _applied(conn)
+    row = conn.execute("select to_regnamespace('pgshield') is not null").fetchone()
+    if not (row and row[0]):
+        return
     reverted = [m for m in pending if m.version in sums]
     if reverted:
         names = ", ".join(m.filename for m in reverted[:3]) + (" ..." if len(reverted) > 3 else "")
