@@ -4,8 +4,8 @@
 -- '1 month -29 days' is 2 days back from a day in January, and passed, but 1
 -- day ahead from one in March, where teams_cleanup then deleted audit rows
 -- written that instant and a maintenance task's cleanup failed every run.
--- An interval whose months, days and time have opposite signs now gives no
--- time (null), so every caller of time_moved refuses it with 22023. Stored
+-- An interval whose months and its days and time have opposite signs now
+-- gives no time (null), so every caller of time_moved refuses it with 22023. Stored
 -- values of mixed signs are set to the default (180 days for the audit,
 -- 7 days for the maintenance history, 1 minute for rate limit state).
 
@@ -14,8 +14,8 @@ set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;
 
 -- p_at moved by p_by (back when p_back), or null where the result would be
--- out of the timestamp range (22008), or where p_by's months, days and time
--- have opposite signs: callers that take an interval from a caller test the
+-- out of the timestamp range (22008), or where p_by's months and its days
+-- and time have opposite signs: callers that take an interval from a caller test the
 -- time it gives rather than the interval, because comparing intervals counts
 -- a month as 30 days ('300000 years -107999970 days' compares as 30 days and
 -- overflows when added), and a stored interval of mixed signs moves the
@@ -29,10 +29,11 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_months numeric := extract(year from p_by) * 12 + extract(month from p_by);
-  v_days numeric := extract(day from p_by);
-  v_time numeric := extract(hour from p_by) * 3600 + extract(minute from p_by) * 60 + extract(second from p_by);
+  v_rest numeric := extract(day from p_by) * 86400 + extract(hour from p_by) * 3600
+                    + extract(minute from p_by) * 60 + extract(second from p_by);
 begin
-  if greatest(v_months, v_days, v_time) > 0 and least(v_months, v_days, v_time) < 0 then
+  -- ('2 days -1 hour' is a fixed length wherever it starts, in UTC.)
+  if v_months * v_rest < 0 then
     return null;
   end if;
   if p_back then

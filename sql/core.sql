@@ -115,8 +115,8 @@ $$;
 revoke all on function pgshield.reset_clock() from public;
 
 -- p_at moved by p_by (back when p_back), or null where the result would be
--- out of the timestamp range (22008), or where p_by's months, days and time
--- have opposite signs: callers that take an interval from a caller test the
+-- out of the timestamp range (22008), or where p_by's months and its days
+-- and time have opposite signs: callers that take an interval from a caller test the
 -- time it gives rather than the interval, because comparing intervals counts
 -- a month as 30 days ('300000 years -107999970 days' compares as 30 days and
 -- overflows when added), and a stored interval of mixed signs moves the
@@ -130,10 +130,11 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_months numeric := extract(year from p_by) * 12 + extract(month from p_by);
-  v_days numeric := extract(day from p_by);
-  v_time numeric := extract(hour from p_by) * 3600 + extract(minute from p_by) * 60 + extract(second from p_by);
+  v_rest numeric := extract(day from p_by) * 86400 + extract(hour from p_by) * 3600
+                    + extract(minute from p_by) * 60 + extract(second from p_by);
 begin
-  if greatest(v_months, v_days, v_time) > 0 and least(v_months, v_days, v_time) < 0 then
+  -- ('2 days -1 hour' is a fixed length wherever it starts, in UTC.)
+  if v_months * v_rest < 0 then
     return null;
   end if;
   if p_back then
