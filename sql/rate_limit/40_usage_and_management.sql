@@ -434,6 +434,8 @@ begin
     values (p_name, v_endpoint, (v_multiplier::text)::numeric);
   end loop;
 
+  -- Token buckets keep the tokens they used under the new limits.
+  perform pgshield.rate_limit_convert_buckets(p_name, null);
   return pgshield.rate_limit_policy_json(p_name);
 end
 $$;
@@ -521,8 +523,62 @@ $$;
 revoke all on function public.drop_rate_limit_policy(text) from public, anon, authenticated, service_role;
 grant execute on function public.drop_rate_limit_policy(text) to service_role;
 
+-- Converts the token buckets of a policy (p_policy), of a subject
+-- (p_subject), or both, to the limits the subject's tier in the policy has
+-- now, at once: a bucket keeps the tokens it used, not its time debt (tat is
+-- now + used * window / limit; more used than the new limit holds is an
+-- empty bucket, a window's wait at most, or the debt as it was where a
+-- recorded penalty made it longer). Converted when the tier or the policy
+-- changes, the bucket then refills at the new rate; a decision converts a
+-- bucket it finds written under other limits too (one written meanwhile).
+-- Returns how many rows it changed.
+-- Callers: set_rate_limit_tier, define_rate_limit_policy. Errors: none.
+create or replace function pgshield.rate_limit_convert_buckets(p_policy text, p_subject text)
+returns integer
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now_us bigint := (extract(epoch from pgshield.now()) * 1000000)::bigint;
+  v_n integer;
+begin
+  update pgshield.rate_limit_policy_state s
+     set limits = c.limits, tats = c.tats
+    from (select b.subject, b.policy,
+                 array_agg(coalesce(b.nl, b.l) order by b.o) as limits,
+                 array_agg(case when b.tat > v_now_us and b.l > 0 and b.nl <> b.l
+                                then v_now_us + least((b.tat - v_now_us) * b.l / b.nl,
+                                                      greatest(b.w * 1000000::numeric, b.tat - v_now_us))
+                                else b.tat end order by b.o) as tats
+            from (select s2.subject, s2.policy, x.w, x.l, x.tat, x.o,
+                         t.limits[array_position(t.windows, x.w)] as nl
+                    from pgshield.rate_limit_policy_state s2
+                    join pgshield.rate_limit_policies p on p.name = s2.policy and p.algorithm = 'token_bucket'
+                    join pgshield.rate_limit_policy_tiers t
+                      on t.policy = p.name
+                     and t.tier = coalesce((select st.tier from pgshield.rate_limit_subject_tiers st
+                                             where st.subject = s2.subject
+                                               and exists (select 1 from pgshield.rate_limit_policy_tiers t2
+                                                            where t2.policy = p.name and t2.tier = st.tier)),
+                                           p.default_tier)
+                   cross join lateral unnest(s2.windows, s2.limits, s2.tats) with ordinality x(w, l, tat, o)
+                   where s2.algorithm = 'token_bucket'
+                     and (p_policy is null or s2.policy = p_policy)
+                     and (p_subject is null or s2.subject = p_subject)) b
+           group by b.subject, b.policy) c
+   where s.subject = c.subject and s.policy = c.policy
+     and (s.limits is distinct from c.limits or s.tats is distinct from c.tats);
+  get diagnostics v_n = row_count;
+  return v_n;
+end
+$$;
+
+revoke all on function pgshield.rate_limit_convert_buckets(text, text)
+  from public, anon, authenticated, service_role;
+
 -- Assigns a subject (user id or API key) a tier; p_tier null removes the
--- assignment (back to each policy's default tier). Returns the tier.
+-- assignment (back to each policy's default tier). Returns the tier. The
+-- subject's token buckets keep the tokens they used (converted now).
 -- Callers: service_role. Errors: 22023 bad subject or unknown tier.
 create or replace function public.set_rate_limit_tier(p_subject text, p_tier text) returns text
 language plpgsql volatile security definer
@@ -534,6 +590,7 @@ begin
   end if;
   if p_tier is null then
     delete from pgshield.rate_limit_subject_tiers t where t.subject = p_subject;
+    perform pgshield.rate_limit_convert_buckets(null, p_subject);
     return null;
   end if;
   if not exists (select 1 from pgshield.rate_limit_policy_windows w where w.tier = p_tier) then
@@ -542,6 +599,7 @@ begin
   end if;
   insert into pgshield.rate_limit_subject_tiers as t (subject, tier) values (p_subject, p_tier)
   on conflict (subject) do update set tier = excluded.tier, updated_at = now();
+  perform pgshield.rate_limit_convert_buckets(null, p_subject);
   return p_tier;
 end
 $$;

@@ -1,7 +1,7 @@
 -- rate_limit: policies, tiers, multi-window atomicity, endpoint costs, counters.
 begin;
 \ir _helpers.psql
-select plan(43);
+select plan(45);
 
 -- One policy decision as a short line: outcome, limit, remaining, retry, tier, violated windows.
 create function pg_temp.ck(r public.rate_limit_check_result) returns text
@@ -132,6 +132,18 @@ select is((check_rate_limit('pgshield_t_tbt', 1, null, 'pgshield_t_fay')).remain
 select public.set_rate_limit_tier('pgshield_t_fay', 'free');
 select is(pg_temp.ck(check_rate_limit('pgshield_t_tbt', 1, null, 'pgshield_t_fay')), 'denied limit=2 remaining=0 retry=30000 tier=free violated=minute',
   '... and back on free the 4 used are more than free holds: an empty bucket, one token''s wait (30 s), not 90 s');
+-- Converted when the tier changes, a refused bucket refills at the new tier's rate (converted
+-- only by the decision, it went on draining at pro's rate, and the wait it gave was wrong).
+select public.define_rate_limit_policy('pgshield_t_tbd', '{"free": {"minute": 2}, "pro": {"minute": 100}}'::jsonb,
+                                       'token_bucket');
+select public.set_rate_limit_tier('pgshield_t_gus', 'pro');
+select check_rate_limit('pgshield_t_tbd', 100, null, 'pgshield_t_gus');
+select public.set_rate_limit_tier('pgshield_t_gus', 'free');
+select is((check_rate_limit('pgshield_t_tbd', 1, null, 'pgshield_t_gus')).retry_after_ms, 30000,
+  'token_bucket: a downgrade after 100 of pro''s 100 is an empty free bucket: one token in 30 s');
+select pgshield.advance_clock('30 seconds');
+select is((check_rate_limit('pgshield_t_tbd', 1, null, 'pgshield_t_gus')).allowed, true,
+  '... and 30 s later, as it said, the token is there');
 
 select public.define_rate_limit_policy('pgshield_t_sw', '{"free": {"minute": 4}}'::jsonb, 'sliding_window');
 select pgshield.set_clock('2030-01-01 02:00:30+00');
