@@ -46,6 +46,11 @@ WORKLOADS: list[tuple[str, str, str]] = [
         "select allowed from public.increment_rate_limit({s}, 2000000000, 60);",
     ),
     (
+        bench_guard.INCREMENT_FLOOR,
+        "service_role",
+        "select allowed from bench.increment_floor({s});",
+    ),
+    (
         "bare 3-row unlogged upsert",
         "authenticated",
         "insert into bench.c3 as c select {s}, w, 1 from unnest(array[60, 3600, 86400]) w"
@@ -57,12 +62,7 @@ WORKLOADS: list[tuple[str, str, str]] = [
         "select allowed from public.check_rate_limit('bench_api');",
     ),
     ("guard on a POST, 3-window policy", "authenticated", "select pgshield.request_guard();"),
-    (
-        "floor: a security definer PL/pgSQL function that reads the subject's policy row and"
-        " compare-and-sets it back, deciding nothing",
-        "authenticated",
-        "select bench.policy_row_floor();",
-    ),
+    (bench_guard.POLICY_FLOOR, "authenticated", "select bench.policy_row_floor();"),
     ("calibration: a PL/pgSQL function that only returns", "authenticated", "select bench.e0();"),
     (
         "calibration: the same with 40 trivial assignments before the return",
@@ -74,32 +74,9 @@ RATIOS = [
     ("increment_rate_limit (service_role)", "bare 1-row unlogged upsert"),
     ("check_rate_limit, 3 windows (authenticated)", "bare 3-row unlogged upsert"),
     ("guard on a POST, 3-window policy", "bare 3-row unlogged upsert"),
+    (bench_guard.INCREMENT_FLOOR, "bare 1-row unlogged upsert"),
+    (bench_guard.POLICY_FLOOR, "bare 3-row unlogged upsert"),
 ]
-
-
-# Not pgshield: yardsticks for what PL/pgSQL costs in this request shape, created in the
-# benchmark's own schema. The floor is the least a decision stored in one row can cost (one read,
-# one compare-and-set write, no arithmetic, no answer); the calibration pair gives the price of
-# one PL/pgSQL statement run for the first time in a transaction, which every request pays again.
-YARDSTICKS = (
-    "create function bench.policy_row_floor() returns boolean language plpgsql security definer"
-    " set search_path = pg_catalog, pg_temp as $$"
-    " declare v_c bigint[]; v_x xid; v_s text := auth.uid()::text;"
-    " begin"
-    "   select s.counts, s.xmin into v_c, v_x from pgshield.rate_limit_policy_state s"
-    "    where s.subject = v_s and s.policy = 'bench_api';"
-    "   update pgshield.rate_limit_policy_state s set counts = v_c"
-    "    where s.subject = v_s and s.policy = 'bench_api' and s.xmin = v_x;"
-    "   return found;"
-    " end $$;"
-    " create function bench.e0() returns integer language plpgsql as $$"
-    " declare v integer := 0; begin return v; end $$;"
-    " create function bench.e40() returns integer language plpgsql as $$"
-    " declare v integer := 0; begin "
-    + " ".join(f"v := v + {i};" for i in range(1, 41))
-    + " return v; end $$;"
-    " grant execute on function bench.policy_row_floor(), bench.e0(), bench.e40() to authenticated;"
-)
 
 
 def script(role: str, work: str, n: int, *, prepared: bool = False) -> str:
@@ -205,17 +182,7 @@ def main() -> str:
         with bench_cluster(durable=True) as (cluster, dsn):
             bench_guard.prepare(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(YARDSTICKS)
-                # The floor must really write the row it read, or it measures nothing.
-                with conn.transaction():
-                    conn.execute(
-                        "select set_config('role', 'authenticated', true),"
-                        " set_config('request.jwt.claims', %s, true)",
-                        ('{"sub": "00000000-0000-4000-8000-000000000001"}',),
-                    )
-                    wrote = conn.execute("select bench.policy_row_floor()").fetchone()
-                if wrote != (True,):
-                    raise RuntimeError(f"the floor function wrote nothing: {wrote}")
+                conn.execute(bench_guard.CALIBRATION)
             cluster.stop()
             for prepared in (False, True):
                 for name, role, work in WORKLOADS:
@@ -252,6 +219,8 @@ def main() -> str:
         e0, e40 = (per[name, False] for name, _, _ in WORKLOADS[-2:])
         bare3 = per["bare 3-row unlogged upsert", False]
         bare3p = per["bare 3-row unlogged upsert", True]
+        bare1 = per["bare 1-row unlogged upsert", False]
+        bare1p = per["bare 1-row unlogged upsert", True]
         lines += [
             "",
             f"One PL/pgSQL statement costs {(e40 - e0) / 40 / 1000:.1f}k instructions the"
@@ -264,7 +233,12 @@ def main() -> str:
             f" {(bare3 / 0.7 - per[WORKLOADS[-3][0], False]) / 1000:,.0f}k of that for the"
             " decision itself. Prepared, the bare upsert no longer parses and plans: the"
             f" same 0.7x allows {bare3p / 0.7 / 1000:,.0f}k, and leaves"
-            f" {(bare3p / 0.7 - per[WORKLOADS[-3][0], True]) / 1000:,.0f}k above the floor.",
+            f" {(bare3p / 0.7 - per[WORKLOADS[-3][0], True]) / 1000:,.0f}k above the floor."
+            f" increment_rate_limit's 0.9x of the bare 1-row upsert allows"
+            f" {bare1 / 0.9 / 1000:,.0f}k as simple queries and {bare1p / 0.9 / 1000:,.0f}k"
+            " prepared; the bare upsert alone in a function that returns the API's row costs"
+            f" {per[bench_guard.INCREMENT_FLOOR, False] / 1000:,.0f}k and"
+            f" {per[bench_guard.INCREMENT_FLOOR, True] / 1000:,.0f}k.",
         ]
         lines += ["", f"_Instruction benchmark: {time.monotonic() - started:.0f} s._"]
         text = "\n".join(lines)
