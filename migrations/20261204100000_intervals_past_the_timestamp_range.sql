@@ -1,5 +1,5 @@
 -- Intervals a caller passes are tested on the clock, so one past the
--- timestamp range is refused with 22023 instead of failing later with 22008.
+-- timestamp range, or one of mixed signs, is refused with 22023.
 -- A team audit retention or a maintenance task retention over about 4,700
 -- years (someone meaning "keep forever") was stored, then made every cleanup
 -- run fail with 22008 "timestamp out of range" (teams_cleanup's rollback kept
@@ -7,26 +7,42 @@
 -- failed on every run; create_team_invitation answered a huge p_expires_in
 -- with 22008 instead of its own 22023. Retentions are now 1000 years at most
 -- (the audit one at least 1 day, as before), tested as the time they give
--- (comparing intervals counts a month as 30 days, so a mixed interval could
--- pass a comparison and still overflow). Stored retentions past the bound
--- are set to it.
+-- (comparing intervals counts a month as 30 days, so '300000 years
+-- -107999970 days' compares as 30 days and overflows). An interval whose
+-- months and whose days and time have opposite signs is refused as well:
+-- '1 month -29 days' is 2 days back from a day in January but 1 day ahead
+-- from one in March, where teams_cleanup would delete audit rows written
+-- that instant. Stored retentions of mixed signs go back to the default
+-- (180 days for the audit, 7 days for the maintenance history, 1 minute for
+-- rate limit state); those past the bound are set to it.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;
 
 -- p_at moved by p_by (back when p_back), or null where the result would be
--- out of the timestamp range (22008): callers that take an interval from a
--- caller test the time it gives rather than the interval, because comparing
--- intervals counts a month as 30 days ('300000 years -107999970 days'
--- compares as 30 days and overflows when added).
+-- out of the timestamp range (22008), or where p_by's months and its days
+-- and time have opposite signs: callers that take an interval from a caller test the
+-- time it gives rather than the interval, because comparing intervals counts
+-- a month as 30 days ('300000 years -107999970 days' compares as 30 days and
+-- overflows when added), and a stored interval of mixed signs moves the
+-- clock by an amount that changes with the date ('1 month -29 days' is 2 days
+-- back from a day in January and 1 day ahead from one in March).
 -- Callers: pack functions. Errors: none.
 create or replace function pgshield.time_moved(p_at timestamptz, p_by interval, p_back boolean)
 returns timestamptz
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_months numeric := extract(year from p_by) * 12 + extract(month from p_by);
+  v_rest numeric := extract(day from p_by) * 86400 + extract(hour from p_by) * 3600
+                    + extract(minute from p_by) * 60 + extract(second from p_by);
 begin
+  -- ('2 days -1 hour' is a fixed length wherever it starts, in UTC.)
+  if v_months * v_rest < 0 then
+    return null;
+  end if;
   if p_back then
     return p_at - p_by;
   end if;
@@ -304,6 +320,20 @@ $$;
 revoke all on function pgshield.cleanup_expired_rate_limits(integer, interval)
   from public, anon, authenticated, service_role;
 grant execute on function pgshield.cleanup_expired_rate_limits(integer, interval) to service_role;
+
+-- Stored retentions of mixed signs go back to the default; then those past
+-- the bound are set to it.
+update pgshield.teams_settings s
+   set audit_retention = interval '180 days', updated_at = now()
+ where (extract(year from s.audit_retention) * 12 + extract(month from s.audit_retention))
+       * (extract(day from s.audit_retention) * 86400 + extract(hour from s.audit_retention) * 3600
+          + extract(minute from s.audit_retention) * 60 + extract(second from s.audit_retention)) < 0;
+
+update pgshield.maintenance_tasks t
+   set retention = case t.task when 'rate_limit' then interval '1 minute' else interval '7 days' end
+ where (extract(year from t.retention) * 12 + extract(month from t.retention))
+       * (extract(day from t.retention) * 86400 + extract(hour from t.retention) * 3600
+          + extract(minute from t.retention) * 60 + extract(second from t.retention)) < 0;
 
 update pgshield.teams_settings s
    set audit_retention = interval '1000 years', updated_at = now()

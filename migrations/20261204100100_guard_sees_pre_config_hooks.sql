@@ -5,8 +5,13 @@
 -- PostgREST also takes db-pre-request from the function authenticator's
 -- pgrst.db_pre_config names, and authenticator's own pgrst.db_pre_request
 -- (what install writes) overrides it: install replaced such a hook without a
--- word. It now runs that function in a rolled-back subtransaction to see what
--- it sets, and refuses (55000) or chains it as it does a hook set directly.
+-- word. It now runs that function as PostgREST does (under authenticator's
+-- search_path) in a rolled-back subtransaction to see what it sets, and
+-- refuses (55000) or chains it as it does a hook set directly; one that
+-- fails, is not a function without arguments, or is not owned by the
+-- installer or a superuser (it runs with the installer's rights) is refused
+-- with 55000, since what it sets cannot be known. uninstall_request_guard
+-- leaves a hook chained from it to it (the setting is removed).
 -- uninstall_request_guard answered 55000 when another hook was configured,
 -- so a second call after it had put the chained hook back failed; it now
 -- returns the status. The guard set for every database (ALTER ROLE
@@ -98,17 +103,25 @@ grant execute on function pgshield.define_guard_rule(text, text, text, text, int
 -- in-database configuration, authenticator's pgrst.db_pre_config) sets, or
 -- null. PostgREST lets authenticator's own pgrst.db_pre_request setting
 -- override it, so install_request_guard must see it before it writes that.
--- The function is run with the caller's rights in a subtransaction that is
--- rolled back (what it sets is read first); one that fails is taken to set
--- nothing, as PostgREST would not load it either.
--- Callers: install_request_guard (the owner). Errors: none.
+-- The function is run as PostgREST runs it, under authenticator's
+-- search_path, in a subtransaction that is rolled back (what it sets is read
+-- first), and only when the caller owns it or a superuser does: it runs with
+-- the caller's rights. One that cannot be run, or fails, is refused (55000):
+-- what it sets cannot be known, and guessing "nothing" would replace a hook.
+-- Callers: install_request_guard, uninstall_request_guard (the owner).
+-- Errors: 55000 as above.
 create or replace function pgshield.guard_preconfigured_hook() returns text
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_setting text;
+  v_fn regprocedure;
+  v_sql text;
+  v_path text;
   v_hook text;
+  v_ran boolean := false;
+  v_error text;
 begin
   select substr(c.setting, length('pgrst.db_pre_config=') + 1) into v_setting
     from pg_db_role_setting s
@@ -122,13 +135,56 @@ begin
     return null;
   end if;
   begin
-    perform set_config('pgrst.db_pre_request', '', true);
-    execute format('select %s()', to_regprocedure(v_setting || '()')::oid::regproc);
-    v_hook := nullif(current_setting('pgrst.db_pre_request', true), '');
-    raise exception using errcode = 'P0001', message = 'rolled back';
+    v_fn := to_regprocedure(v_setting || '()');
   exception when others then
-    null;  -- everything the function did is undone; v_hook keeps what it set
+    v_fn := null;
   end;
+  if v_fn is null then
+    raise exception using errcode = '55000',
+      message = format('authenticator''s pgrst.db_pre_config names %L, not a function without arguments here',
+                       left(v_setting, 200)),
+      hint = 'PostgREST cannot run it either: fix or reset that setting, then install again';
+  end if;
+  if not exists (select 1 from pg_proc p join pg_roles o on o.oid = p.proowner
+                  where p.oid = v_fn and (o.rolname = current_user or o.rolsuper)) then
+    raise exception using errcode = '55000',
+      message = format('cannot tell what the db-pre-config function %s sets without running it, and it is not yours',
+                       v_fn::oid::regproc),
+      hint = 'run install_request_guard() as its owner, or set the hook on authenticator (pgrst.db_pre_request)';
+  end if;
+  -- The search_path PostgREST's connection has: authenticator's setting (for
+  -- this database, then all), the database's, else the server's default.
+  select coalesce(
+           (select substr(c.setting, length('search_path=') + 1)
+              from pg_db_role_setting s cross join lateral unnest(s.setconfig) c(setting)
+             where c.setting like 'search\_path=%'
+               and ((s.setrole = (select r.oid from pg_roles r where r.rolname = 'authenticator')
+                     and s.setdatabase in (0, d.oid))
+                    or (s.setrole = 0 and s.setdatabase = d.oid))
+             order by s.setrole = 0, s.setdatabase = 0
+             limit 1),
+           (select g.boot_val from pg_settings g where g.name = 'search_path'))
+    into v_path
+    from pg_database d where d.datname = current_database();
+  v_sql := format('select %s()', v_fn::oid::regproc);
+  begin
+    perform pg_catalog.set_config('pgrst.db_pre_request', '', true);
+    perform pg_catalog.set_config('search_path', v_path, true);
+    execute v_sql;
+    v_hook := nullif(pg_catalog.current_setting('pgrst.db_pre_request', true), '');
+    v_ran := true;
+    raise exception using errcode = 'P0001', message = 'pgshield: roll the db-pre-config back';
+  exception when others then
+    if not v_ran then
+      v_error := sqlstate || ': ' || sqlerrm;
+    end if;
+  end;
+  if not v_ran then
+    raise exception using errcode = '55000',
+      message = format('the db-pre-config function %s failed when run to see what it sets (%s)',
+                       v_fn::oid::regproc, left(v_error, 300)),
+      hint = 'fix it (PostgREST fails loading it too), or set the hook on authenticator (pgrst.db_pre_request)';
+  end if;
   return v_hook;
 end
 $$;
@@ -186,71 +242,8 @@ grant execute on function pgshield.guard_set_chained(text) to service_role;
 -- (run it again after dropping one). Runs with the caller's rights (altering
 -- authenticator needs CREATEROLE: on Supabase, postgres has it; service_role
 -- may call it and gets a clear 42501 where it lacks that right).
--- Callers: the owner (service_role). Errors: 55000 another hook without p_chain; 42501 not
--- allowed to alter authenticator; 22023 a hook that is not a function.
-create or replace function pgshield.install_request_guard(p_chain boolean default false) returns jsonb
-language plpgsql volatile security invoker
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_hook text;
-  v_fn regprocedure;
-begin
-  if not exists (select 1 from pg_roles r
-                  where r.rolname = current_user and (r.rolsuper or r.rolcreaterole)) then
-    raise exception using errcode = '42501',
-      message = 'not allowed to alter role authenticator',
-      hint = 'run install_request_guard() as the project owner (postgres on Supabase)';
-  end if;
-  -- A hook set by a db-pre-config function counts as configured too: the
-  -- setting written below would override it without a word.
-  v_hook := coalesce(pgshield.guard_configured_hook(), pgshield.guard_preconfigured_hook());
-  if v_hook is not null and v_hook <> 'pgshield.request_guard' then
-    if not coalesce(p_chain, false) then
-      raise exception using errcode = '55000',
-        message = format('PostgREST already calls %s before each request', v_hook),
-        hint = 'install_request_guard(p_chain => true) keeps it and runs it before the guard';
-    end if;
-    v_fn := to_regprocedure(v_hook || '()');
-    if v_fn is null or v_hook !~ '^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$' then
-      raise exception using errcode = '22023',
-        message = format('the configured pre-request %L is not a schema-qualified function without arguments', v_hook);
-    end if;
-    perform pgshield.guard_set_chained(v_hook);
-  elsif v_hook is null
-        or (select to_regprocedure(o.chained_function || '()') is null and o.chained_function is not null
-              from pgshield.guard_options o where o.id) then
-    -- Nothing else is configured, or the function chained by an earlier
-    -- install was dropped since (every request would fail calling it): the
-    -- guard forgets it.
-    perform pgshield.guard_set_chained(null);
-  end if;
-  begin
-    execute format('alter role authenticator in database %I set pgrst.db_pre_request = %L',
-                   current_database(), 'pgshield.request_guard');
-  exception when insufficient_privilege then
-    raise exception using errcode = '42501',
-      message = 'not allowed to alter role authenticator',
-      hint = 'run install_request_guard() as the project owner (postgres on Supabase)';
-  end;
-  perform pg_notify('pgrst', 'reload config');
-  return pgshield.request_guard_status();
-end
-$$;
-
-revoke all on function pgshield.install_request_guard(boolean) from public, anon, authenticated, service_role;
-grant execute on function pgshield.install_request_guard(boolean) to service_role;
-
--- Makes PostgREST call the guard before every request in this database:
--- ALTER ROLE authenticator IN DATABASE <this> SET pgrst.db_pre_request, then
--- NOTIFY pgrst, 'reload config'. Idempotent. A different pre-request function
--- already configured (in authenticator's settings, or by the function its
--- pgrst.db_pre_config names) is refused, unless p_chain: then it is kept and runs
--- first, before the guard; a chained function dropped since is forgotten
--- (run it again after dropping one). Runs with the caller's rights (altering
--- authenticator needs CREATEROLE: on Supabase, postgres has it; service_role
--- may call it and gets a clear 42501 where it lacks that right).
--- Callers: the owner (service_role). Errors: 55000 another hook without p_chain; 42501 not
+-- Callers: the owner (service_role). Errors: 55000 another hook without p_chain, or a
+-- db-pre-config function that cannot be run to see what it sets; 42501 not
 -- allowed to alter authenticator; 22023 a hook that is not a function.
 create or replace function pgshield.install_request_guard(p_chain boolean default false) returns jsonb
 language plpgsql volatile security invoker
@@ -342,6 +335,17 @@ begin
   select o.chained_function into v_chained from pgshield.guard_options o where o.id;
   if to_regprocedure(v_chained || '()') is null then
     v_chained := null;  -- dropped since it was chained: PostgREST would fail calling it
+  end if;
+  -- A chained hook that the db-pre-config function sets is left to it: the
+  -- setting is removed, not written (it would override that function).
+  if v_chained is not null then
+    begin
+      if pgshield.guard_preconfigured_hook() = v_chained then
+        v_chained := null;
+      end if;
+    exception when sqlstate '55000' then
+      null;  -- it cannot be run now: put the hook back as the setting
+    end;
   end if;
   begin
     if v_chained is null then

@@ -1,4 +1,14 @@
--- rate limit: a token bucket keeps the tokens used when its limit changes.
+-- rate limit: a decision made while its policy is redefined no longer fails
+-- with 22023.
+-- rate_limit_check and the Data API guard read the policy in one statement
+-- and rate_limit_decide its tier's windows in the next, each with its own
+-- snapshot: a redefinition that committed in between and changed the default
+-- tier left the first copy naming a tier the second read no longer found,
+-- and a valid call failed with 22023 "no windows for its default tier" (HTTP
+-- 400; about 1 call in 100 while a policy was redefined in a loop). The
+-- decision now reads the policy again when that happens and decides on it as
+-- it is. Nothing changes on the path that finds its tier.
+-- Also: a token bucket keeps the tokens used when its limit changes.
 -- A policy's token bucket stores its time debt (tat, the theoretical arrival
 -- time). When a subject changed tier (or the policy was redefined) the debt
 -- was read under the new limit as it was: 2 of free's 2 a minute are a full
@@ -14,6 +24,27 @@
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
 set local search_path = pg_catalog, pg_temp;
+
+-- A token bucket's tat (epoch microseconds) written under p_old_limit per
+-- p_window_seconds, as p_new_limit reads the same tokens used: tat is now +
+-- used * window / limit; more used than the new limit holds is an empty
+-- bucket (a window's wait at most, or the debt as it was where a recorded
+-- penalty made it longer). Unchanged when the limits agree or are unknown.
+-- Callers: rate_limit_decide, rate_limit_convert_buckets. Errors: none.
+create or replace function pgshield.rate_limit_bucket_tat(
+  p_tat numeric, p_now_us bigint, p_window_seconds integer, p_old_limit integer, p_new_limit integer
+) returns numeric
+language sql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select case when p_tat > p_now_us and p_old_limit > 0 and p_new_limit <> p_old_limit
+              then p_now_us + least((p_tat - p_now_us) * p_old_limit / p_new_limit,
+                                    greatest(p_window_seconds * 1000000::numeric, p_tat - p_now_us))
+              else p_tat end
+$$;
+
+revoke all on function pgshield.rate_limit_bucket_tat(numeric, bigint, integer, integer, integer)
+  from public, anon, authenticated, service_role;
 
 -- Decides, peeks or records usage for one subject under one policy, over all
 -- windows of the subject's tier at once (its assigned tier when the policy
@@ -253,18 +284,15 @@ begin
       end if;
     else
       if p_policy.algorithm = 'token_bucket' and v_salg = 'token_bucket' then
-        -- A bucket written under another limit (the subject changed tier,
-        -- the policy was redefined) keeps the tokens it used, not its time
-        -- debt: 2 of free's 2 a minute are 2 of pro's 100, not a full bucket
-        -- (tat is now + used * window / limit). More used than the new
-        -- limit holds is an empty bucket, a window's wait at most (or the
-        -- debt as it was, a recorded penalty), never the old debt stretched.
+        -- A bucket written under another limit keeps the tokens it used, not
+        -- its time debt (rate_limit_bucket_tat). set_rate_limit_tier and
+        -- define_rate_limit_policy convert the buckets they change; this
+        -- converts one written meanwhile (by a call decided on the old tier).
         -- The limits come with the state row, in the same read.
         for v_i in 1 .. v_n loop
           v_j := array_position(v_sws, v_ws[v_i]);
-          if v_tat[v_i] > v_now_us and v_slim[v_j] > 0 and v_slim[v_j] <> v_lim[v_i] then
-            v_tat[v_i] := v_now_us + least((v_tat[v_i] - v_now_us) * v_slim[v_j] / v_lim[v_i],
-                                           greatest(v_ws[v_i] * 1000000::numeric, v_tat[v_i] - v_now_us));
+          if v_slim[v_j] <> v_lim[v_i] then
+            v_tat[v_i] := pgshield.rate_limit_bucket_tat(v_tat[v_i], v_now_us, v_ws[v_i], v_slim[v_j], v_lim[v_i]);
           end if;
         end loop;
       end if;

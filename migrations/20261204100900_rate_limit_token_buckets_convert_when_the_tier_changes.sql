@@ -9,6 +9,13 @@
 -- set_rate_limit_tier and define_rate_limit_policy now convert the buckets
 -- they change, in their own transaction; the decision still converts one
 -- written meanwhile under other limits.
+-- define_rate_limit_policy also refuses a window named twice and takes a
+-- whole number written as 50.0:
+-- A tier naming one window twice ({"60": 5, "minute": 100}) kept whichever
+-- came last in jsonb's key order (here the looser 100) without a word; it is
+-- now 22023. A limit of 50.0 (JSON written from a float, as Python's 100 / 2
+-- gives) passed the "positive integer" test and then failed with 22P02
+-- naming no parameter; it is now the limit 50.
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -16,10 +23,8 @@ set local search_path = pg_catalog, pg_temp;
 
 -- Converts the token buckets of a policy (p_policy), of a subject
 -- (p_subject), or both, to the limits the subject's tier in the policy has
--- now, at once: a bucket keeps the tokens it used, not its time debt (tat is
--- now + used * window / limit; more used than the new limit holds is an
--- empty bucket, a window's wait at most, or the debt as it was where a
--- recorded penalty made it longer). Converted when the tier or the policy
+-- now, at once: a bucket keeps the tokens it used, not its time debt
+-- (rate_limit_bucket_tat). Converted when the tier or the policy
 -- changes, the bucket then refills at the new rate; a decision converts a
 -- bucket it finds written under other limits too (one written meanwhile).
 -- Returns how many rows it changed.
@@ -33,14 +38,17 @@ declare
   v_now_us bigint := (extract(epoch from pgshield.now()) * 1000000)::bigint;
   v_n integer;
 begin
+  if p_policy is not null
+     and not exists (select 1 from pgshield.rate_limit_policies p
+                      where p.name = p_policy and p.algorithm = 'token_bucket') then
+    return 0;  -- nothing to convert: no scan of the policy's state
+  end if;
   update pgshield.rate_limit_policy_state s
      set limits = c.limits, tats = c.tats
     from (select b.subject, b.policy,
                  array_agg(coalesce(b.nl, b.l) order by b.o) as limits,
-                 array_agg(case when b.tat > v_now_us and b.l > 0 and b.nl <> b.l
-                                then v_now_us + least((b.tat - v_now_us) * b.l / b.nl,
-                                                      greatest(b.w * 1000000::numeric, b.tat - v_now_us))
-                                else b.tat end order by b.o) as tats
+                 array_agg(pgshield.rate_limit_bucket_tat(b.tat, v_now_us, b.w, b.l, b.nl)
+                           order by b.o) as tats
             from (select s2.subject, s2.policy, x.w, x.l, x.tat, x.o,
                          t.limits[array_position(t.windows, x.w)] as nl
                     from pgshield.rate_limit_policy_state s2

@@ -394,18 +394,15 @@ begin
       end if;
     else
       if p_policy.algorithm = 'token_bucket' and v_salg = 'token_bucket' then
-        -- A bucket written under another limit (the subject changed tier,
-        -- the policy was redefined) keeps the tokens it used, not its time
-        -- debt: 2 of free's 2 a minute are 2 of pro's 100, not a full bucket
-        -- (tat is now + used * window / limit). More used than the new
-        -- limit holds is an empty bucket, a window's wait at most (or the
-        -- debt as it was, a recorded penalty), never the old debt stretched.
+        -- A bucket written under another limit keeps the tokens it used, not
+        -- its time debt (rate_limit_bucket_tat). set_rate_limit_tier and
+        -- define_rate_limit_policy convert the buckets they change; this
+        -- converts one written meanwhile (by a call decided on the old tier).
         -- The limits come with the state row, in the same read.
         for v_i in 1 .. v_n loop
           v_j := array_position(v_sws, v_ws[v_i]);
-          if v_tat[v_i] > v_now_us and v_slim[v_j] > 0 and v_slim[v_j] <> v_lim[v_i] then
-            v_tat[v_i] := v_now_us + least((v_tat[v_i] - v_now_us) * v_slim[v_j] / v_lim[v_i],
-                                           greatest(v_ws[v_i] * 1000000::numeric, v_tat[v_i] - v_now_us));
+          if v_slim[v_j] <> v_lim[v_i] then
+            v_tat[v_i] := pgshield.rate_limit_bucket_tat(v_tat[v_i], v_now_us, v_ws[v_i], v_slim[v_j], v_lim[v_i]);
           end if;
         end loop;
       end if;

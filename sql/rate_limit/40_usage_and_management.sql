@@ -523,12 +523,31 @@ $$;
 revoke all on function public.drop_rate_limit_policy(text) from public, anon, authenticated, service_role;
 grant execute on function public.drop_rate_limit_policy(text) to service_role;
 
+-- A token bucket's tat (epoch microseconds) written under p_old_limit per
+-- p_window_seconds, as p_new_limit reads the same tokens used: tat is now +
+-- used * window / limit; more used than the new limit holds is an empty
+-- bucket (a window's wait at most, or the debt as it was where a recorded
+-- penalty made it longer). Unchanged when the limits agree or are unknown.
+-- Callers: rate_limit_decide, rate_limit_convert_buckets. Errors: none.
+create or replace function pgshield.rate_limit_bucket_tat(
+  p_tat numeric, p_now_us bigint, p_window_seconds integer, p_old_limit integer, p_new_limit integer
+) returns numeric
+language sql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select case when p_tat > p_now_us and p_old_limit > 0 and p_new_limit <> p_old_limit
+              then p_now_us + least((p_tat - p_now_us) * p_old_limit / p_new_limit,
+                                    greatest(p_window_seconds * 1000000::numeric, p_tat - p_now_us))
+              else p_tat end
+$$;
+
+revoke all on function pgshield.rate_limit_bucket_tat(numeric, bigint, integer, integer, integer)
+  from public, anon, authenticated, service_role;
+
 -- Converts the token buckets of a policy (p_policy), of a subject
 -- (p_subject), or both, to the limits the subject's tier in the policy has
--- now, at once: a bucket keeps the tokens it used, not its time debt (tat is
--- now + used * window / limit; more used than the new limit holds is an
--- empty bucket, a window's wait at most, or the debt as it was where a
--- recorded penalty made it longer). Converted when the tier or the policy
+-- now, at once: a bucket keeps the tokens it used, not its time debt
+-- (rate_limit_bucket_tat). Converted when the tier or the policy
 -- changes, the bucket then refills at the new rate; a decision converts a
 -- bucket it finds written under other limits too (one written meanwhile).
 -- Returns how many rows it changed.
@@ -542,14 +561,17 @@ declare
   v_now_us bigint := (extract(epoch from pgshield.now()) * 1000000)::bigint;
   v_n integer;
 begin
+  if p_policy is not null
+     and not exists (select 1 from pgshield.rate_limit_policies p
+                      where p.name = p_policy and p.algorithm = 'token_bucket') then
+    return 0;  -- nothing to convert: no scan of the policy's state
+  end if;
   update pgshield.rate_limit_policy_state s
      set limits = c.limits, tats = c.tats
     from (select b.subject, b.policy,
                  array_agg(coalesce(b.nl, b.l) order by b.o) as limits,
-                 array_agg(case when b.tat > v_now_us and b.l > 0 and b.nl <> b.l
-                                then v_now_us + least((b.tat - v_now_us) * b.l / b.nl,
-                                                      greatest(b.w * 1000000::numeric, b.tat - v_now_us))
-                                else b.tat end order by b.o) as tats
+                 array_agg(pgshield.rate_limit_bucket_tat(b.tat, v_now_us, b.w, b.l, b.nl)
+                           order by b.o) as tats
             from (select s2.subject, s2.policy, x.w, x.l, x.tat, x.o,
                          t.limits[array_position(t.windows, x.w)] as nl
                     from pgshield.rate_limit_policy_state s2
